@@ -1,0 +1,82 @@
+"""The FastAPI application factory and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from ia_continu.api.state import AppState, watch_active_model
+from ia_continu.config import VERSION, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None
+) -> FastAPI:
+    """Build the API. Nothing is opened until the lifespan starts."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from ia_continu.db.engine import create_db_engine
+        from ia_continu.db.migrate import upgrade_database
+
+        engine = create_db_engine(
+            settings.resolved_database_url, busy_timeout_ms=settings.db_busy_timeout_ms
+        )
+        await asyncio.to_thread(upgrade_database, engine)
+        state = AppState(settings=settings, engine=engine, clock=clock or _utcnow)
+        app.state.ia = state
+        try:
+            await asyncio.to_thread(state.refresh_model)
+        except Exception as exc:  # serve /health and the rest; the watcher retries
+            log.warning("no model loaded at start-up: %s", exc)
+        watcher = asyncio.create_task(watch_active_model(state), name="watch-active-model")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            engine.dispose()
+
+    app = FastAPI(
+        title="ia-continu",
+        version=VERSION,
+        description=(
+            "Continuous-learning ML service: generate labelled data, train and serve a "
+            "logistic regression, detect drift, retrain and promote automatically."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    _install_error_handlers(app)
+
+    from ia_continu.api.routes import core
+
+    app.include_router(core.router)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database error: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "database unavailable, retry shortly"},
+            headers={"Retry-After": "1"},
+        )

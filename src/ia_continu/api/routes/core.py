@@ -1,0 +1,197 @@
+"""The seed's routes: /health, /generate, /predict, /retrain, plus /evaluate and /models."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import ORJSONResponse
+
+from ia_continu.api.deps import get_state
+from ia_continu.api.schemas import (
+    ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    GenerateRequest,
+    GenerateResponse,
+    HealthResponse,
+    ModelInfo,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    RetrainRequest,
+    RetrainResponse,
+)
+from ia_continu.api.state import AppState
+from ia_continu.config import VERSION
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+NO_MODEL = "no model is trained yet: POST /generate, then POST /retrain"
+_E = {"model": ErrorResponse}
+RETRAIN_WAIT_SECONDS = 120
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@router.get("/health", response_model=HealthResponse, tags=["service"])
+async def health() -> Response:
+    """Liveness: no database or MLflow call (uptime monitors hit it every 30 s)."""
+    return ORJSONResponse({"status": "ok", "timestamp": _now_iso(), "version": VERSION})
+
+
+@router.post(
+    "/generate", response_model=GenerateResponse, tags=["data"], responses={422: _E, 503: _E}
+)
+def generate(
+    body: GenerateRequest | None = None, state: AppState = Depends(get_state)
+) -> GenerateResponse:
+    """Generate a labelled dataset (odd hours shift feature1 by -0.5) and store it."""
+    from ia_continu.db import repository as repo
+    from ia_continu.ml.data import generate_dataset
+
+    body = body or GenerateRequest()
+    now = state.clock()
+    hour = body.hour if body.hour is not None else _local_hour(now, state.settings.timezone)
+    dataset = generate_dataset(body.samples, hour=hour, seed=body.seed)
+    record = repo.insert_dataset(state.engine, dataset, created_at=now, seed=body.seed)
+    return GenerateResponse(
+        generation_id=record.generation_id,
+        samples_created=record.samples_count,
+        timestamp=now,
+        hour_generated=hour,
+    )
+
+
+def _local_hour(now: datetime, timezone: str) -> int:
+    local = now.astimezone(ZoneInfo(timezone)) if timezone else now.astimezone()
+    return local.hour
+
+
+@router.post(
+    "/predict", response_model=PredictResponse, tags=["model"], responses={422: _E, 503: _E}
+)
+async def predict(body: PredictRequest, state: AppState = Depends(get_state)) -> Response:
+    """Predict from the model held in memory (never loaded per request)."""
+    model = state.model
+    if model is None:
+        raise HTTPException(503, NO_MODEL)
+    prediction, confidence = model.predict_one(body.features[0], body.features[1])
+    return ORJSONResponse(
+        {
+            "prediction": prediction,
+            "model_version": model.version,
+            "confidence": confidence,
+            "timestamp": _now_iso(),
+        }
+    )
+
+
+@router.post(
+    "/retrain",
+    response_model=RetrainResponse,
+    tags=["model"],
+    responses={404: _E, 409: _E, 422: _E, 503: _E},
+)
+def retrain(
+    body: RetrainRequest | None = None, state: AppState = Depends(get_state)
+) -> RetrainResponse:
+    """Train on a stored dataset (default: the latest), track it in MLflow, register it
+    with the alias ``champion`` and serve it in every API process."""
+    from ia_continu.ml import lifecycle
+    from ia_continu.ml.registry import RegistryUnavailableError
+    from ia_continu.ml.train import TrainingDataError
+
+    body = body or RetrainRequest()
+    # One retrain at a time per process: a second caller waits for the first.
+    if not state.retrain_lock.acquire(timeout=RETRAIN_WAIT_SECONDS):
+        raise HTTPException(409, "another retrain is still running; try again later")
+    try:
+        outcome = lifecycle.retrain(
+            settings=state.settings,
+            engine=state.engine,
+            generation_id=body.generation_id,
+            now=state.clock(),
+        )
+    except lifecycle.NoDatasetError as exc:
+        raise HTTPException(404 if body.generation_id is not None else 409, str(exc)) from exc
+    except TrainingDataError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    except RegistryUnavailableError as exc:
+        log.warning("retrain aborted, active model unchanged: %s", exc)
+        raise HTTPException(503, f"{exc}; the active model is unchanged") from exc
+    finally:
+        state.retrain_lock.release()
+    state.serve(outcome.model)
+    metrics = outcome.result.metrics
+    log.info("retrained %s in %s", outcome.record.version,
+             {k: round(v, 4) for k, v in outcome.timings.items()})
+    return RetrainResponse(
+        model_version=outcome.record.version,
+        training_samples=outcome.record.training_samples,
+        accuracy=metrics.accuracy,
+        timestamp=outcome.record.created_at,
+        test_samples=outcome.result.test_samples,
+        precision=metrics.precision,
+        recall=metrics.recall,
+        f1_score=metrics.f1_score,
+        generation_id=outcome.generation_id,
+        run_id=outcome.run_id,
+        run_name=outcome.run_name,
+    )
+
+
+@router.post(
+    "/evaluate",
+    response_model=EvaluateResponse,
+    tags=["model"],
+    responses={404: _E, 409: _E, 422: _E, 503: _E},
+)
+def evaluate(
+    body: EvaluateRequest | None = None, state: AppState = Depends(get_state)
+) -> EvaluateResponse:
+    """The active model's predictions over a whole stored dataset, summarised."""
+    from ia_continu.db import repository as repo
+    from ia_continu.ml.evaluate import compute_metrics
+
+    body = body or EvaluateRequest()
+    model = state.model
+    if model is None:
+        raise HTTPException(503, NO_MODEL)
+    generation_id = body.generation_id
+    if generation_id is None:
+        generation_id = repo.get_latest_generation_id(state.engine)
+        if generation_id is None:
+            raise HTTPException(409, "no dataset yet: POST /generate first")
+    dataset = repo.load_dataset(state.engine, generation_id)
+    if dataset is None:
+        raise HTTPException(404, f"generation_id {generation_id} does not exist")
+    predicted, _ = model.predict_batch(dataset.features)
+    metrics = compute_metrics(dataset.target, predicted)
+    return EvaluateResponse(
+        generation_id=generation_id,
+        samples=len(dataset),
+        model_version=model.version,
+        timestamp=datetime.now(UTC),
+        **metrics.as_dict(),
+    )
+
+
+@router.get("/models", response_model=ModelsResponse, tags=["model"], responses={503: _E})
+def list_models(state: AppState = Depends(get_state)) -> ModelsResponse:
+    """Every trained version with its held-out metrics; ``is_active`` marks the champion."""
+    from dataclasses import asdict
+
+    from ia_continu.db import repository as repo
+
+    records = repo.list_models(state.engine)
+    active = next((r.version for r in records if r.is_active), None)
+    return ModelsResponse(
+        models=[ModelInfo.model_validate(asdict(r)) for r in records], active_version=active
+    )

@@ -1,0 +1,111 @@
+"""Request and response bodies. Field names follow the seed's contract exactly."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ia_continu.ml.data import MAX_SAMPLES, MIN_SAMPLES
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    # Unknown fields are refused: a typo such as "sample" must not silently use a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[dict[str, object]] = Field(description="What went wrong, naming the field")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    timestamp: datetime
+    version: str
+
+
+class GenerateRequest(_Strict):
+    samples: int = Field(1000, ge=MIN_SAMPLES, le=MAX_SAMPLES, description="rows to generate")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="for reproducible data")
+    hour: int | None = Field(
+        None, ge=0, le=23, description="overrides the clock's hour for the odd-hour drift rule"
+    )
+
+
+class GenerateResponse(BaseModel):
+    generation_id: int
+    samples_created: int
+    timestamp: datetime
+    hour_generated: int
+
+
+class PredictRequest(_Strict):
+    features: list[FiniteFloat] = Field(
+        ..., min_length=2, max_length=2, description="[feature1, feature2]",
+        examples=[[0.5, -1.2]],
+    )
+
+
+class PredictResponse(BaseModel):
+    prediction: Literal[0, 1]
+    model_version: str
+    confidence: float = Field(ge=0.5, le=1.0)
+    timestamp: datetime
+
+
+class RetrainRequest(_Strict):
+    generation_id: int | None = Field(None, ge=1, description="default: the latest dataset")
+
+
+class RetrainResponse(BaseModel):
+    status: Literal["success"] = "success"
+    model_version: str
+    training_samples: int
+    accuracy: float
+    timestamp: datetime
+    test_samples: int
+    precision: float
+    recall: float
+    f1_score: float
+    generation_id: int
+    run_id: str
+    run_name: str
+
+
+class EvaluateRequest(_Strict):
+    generation_id: int | None = Field(None, ge=1, description="default: the latest dataset")
+
+
+class EvaluateResponse(BaseModel):
+    generation_id: int
+    samples: int
+    model_version: str
+    accuracy: float
+    precision: float
+    recall: float
+    f1_score: float
+    timestamp: datetime
+
+
+class ModelInfo(BaseModel):
+    version: str
+    accuracy: float
+    training_samples: int
+    created_at: datetime
+    is_active: bool
+    precision: float | None = None
+    recall: float | None = None
+    f1_score: float | None = None
+    test_samples: int | None = None
+    generation_id: int | None = None
+    registry_version: int | None = None
+    run_id: str | None = None
+    run_name: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    active_version: str | None

@@ -1,0 +1,67 @@
+"""Per-process application state: engine, the model being served, locks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+
+from ia_continu.config import Settings
+from ia_continu.ml.lifecycle import load_served_model
+from ia_continu.ml.predictor import LinearModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    clock: Callable[[], datetime]
+    # Replaced by a single reference assignment: request handlers never see half a swap.
+    model: LinearModel | None = None
+    retrain_lock: threading.Lock = field(default_factory=threading.Lock)
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def serve(self, model: LinearModel) -> None:
+        if self.model is None or self.model.version != model.version:
+            log.info("serving model %s", model.version)
+        self.model = model
+
+    def refresh_model(self) -> None:
+        """Serve whatever model the database says is active (blocking: run in a thread)."""
+        from ia_continu.db import repository as repo
+
+        version = repo.get_active_version(self.engine)
+        if version is None or (self.model is not None and self.model.version == version):
+            return
+        model = load_served_model(
+            engine=self.engine, models_dir=self.settings.models_dir, version=version
+        )
+        if model is not None:
+            self.serve(model)
+
+
+async def watch_active_model(state: AppState) -> None:
+    """Follow the active model so that every worker process serves a new champion
+    within ``model_refresh_interval`` seconds, whichever process activated it."""
+    failing = False
+    while True:
+        await asyncio.sleep(state.settings.model_refresh_interval)
+        try:
+            await asyncio.to_thread(state.refresh_model)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # database briefly unavailable: keep serving
+            if not failing:
+                log.warning("cannot refresh the active model: %s", exc)
+            failing = True
+        else:
+            if failing:
+                log.info("active-model refresh recovered")
+            failing = False

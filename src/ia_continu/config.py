@@ -1,0 +1,134 @@
+"""Settings: the only module that reads the environment.
+
+Every setting has the prefix ``IA_`` and may also come from a ``.env`` file in the
+working directory. ``.env.example`` lists them all with their defaults.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VERSION = "2.0.0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IA_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- HTTP server -------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: str = "info"
+
+    # --- storage -----------------------------------------------------------------
+    data_dir: Path = Path("./data")
+    # Empty means sqlite:///<data_dir>/ia_continu_solution.db (see ``resolved_database_url``).
+    database_url: str = ""
+    db_busy_timeout_ms: int = Field(30_000, ge=0)
+
+    # --- MLflow ------------------------------------------------------------------
+    mlflow_tracking_uri: str = "http://localhost:5000"
+    mlflow_experiment: str = "ia_continu_solution"
+    model_name: str = "ia_continu_logistic_regression"
+    # Seconds to wait on one MLflow HTTP call; MLflow's own default retries for minutes.
+    mlflow_timeout: float = Field(10.0, gt=0)
+    mlflow_max_retries: int = Field(1, ge=0)
+
+    # --- training (scikit-learn LogisticRegression) -------------------------------
+    model_c: float = Field(1.0, gt=0, description="LogisticRegression C")
+    model_solver: Literal["lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", "saga"] = (
+        "lbfgs"
+    )
+    model_max_iter: int = Field(1000, ge=1)
+    test_size: float = Field(0.2, gt=0, lt=1)
+    random_state: int = 42
+
+    # --- data generation -----------------------------------------------------------
+    # IANA name (e.g. Europe/Paris) for the odd-hour drift rule; empty = server local time.
+    timezone: str = ""
+
+    # --- serving -------------------------------------------------------------------
+    # How often each API process checks which model is active (seconds).
+    model_refresh_interval: float = Field(0.5, gt=0)
+
+    # --- continuous learning (monitoring flow) --------------------------------------
+    # Base URL the monitoring flow uses to reach the API's /health.
+    api_url: str = "http://127.0.0.1:9000"
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    min_accuracy: float = Field(0.80, ge=0, le=1)
+    drift_p_value: float = Field(0.01, gt=0, lt=1)
+    psi_threshold: float = Field(0.2, gt=0)
+    promotion_margin: float = Field(0.0, ge=-1, le=1)
+    monitor_batch_size: int = Field(1000, ge=100, le=100_000)
+    monitor_interval: int = Field(3600, ge=10, description="seconds between scheduled runs")
+    # Minimum number of logged live predictions before they are compared too.
+    min_live_predictions: int = Field(200, ge=10)
+    prefect_api_url: str = "http://127.0.0.1:4200/api"
+
+    # --- prediction logging ---------------------------------------------------------
+    prediction_log_enabled: bool = True
+    prediction_log_queue_size: int = Field(100_000, ge=1)
+    prediction_log_flush_interval: float = Field(0.5, gt=0)
+    prediction_log_batch_size: int = Field(5_000, ge=1)
+
+    # --- notifications ---------------------------------------------------------------
+    discord_webhook_url: SecretStr | None = None
+    discord_timeout: float = Field(5.0, gt=0)
+
+    # --- security --------------------------------------------------------------------
+    api_keys: SecretStr | None = None  # comma-separated
+    api_keys_file: Path | None = None
+    protect_predict: bool = False
+    allow_anonymous: bool = False
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    # --- dashboard links ---------------------------------------------------------------
+    mlflow_ui_url: str = "http://localhost:5000"
+    prefect_ui_url: str = "http://localhost:4200"
+    kuma_ui_url: str = "http://localhost:3001"
+    dashboard_refresh_seconds: int = Field(10, ge=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        if value:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:  # at start-up rather than on the first /generate
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'ia_continu_solution.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment, ``.env`` and explicit overrides."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1)
+def get_cached_settings() -> Settings:
+    return get_settings()
+
+
+__all__ = ["VERSION", "SecretStr", "Settings", "get_cached_settings", "get_settings"]

@@ -1,0 +1,1 @@
+"""Persistence: engine, tables, repository (the only SQL) and Alembic migrations."""

@@ -1,0 +1,312 @@
+"""All SQL of the project. Functions take the engine explicitly and return plain records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from ia_continu.db.engine import WRITE
+from ia_continu.db.tables import dataset_samples, datasets, models
+from ia_continu.ml.data import Dataset
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRecord:
+    generation_id: int
+    samples_count: int
+    created_at: datetime
+    hour_generated: int
+    seed: int | None = None
+    source: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    version: str
+    accuracy: float
+    training_samples: int
+    created_at: datetime
+    is_active: bool
+    precision: float | None = None
+    recall: float | None = None
+    f1_score: float | None = None
+    test_samples: int | None = None
+    generation_id: int | None = None
+    registry_version: int | None = None
+    run_id: str | None = None
+    run_name: str | None = None
+    parameters: str | None = None
+    hour_parity: int | None = None
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; every stored time is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --- datasets --------------------------------------------------------------------------
+
+
+def insert_dataset(
+    engine: Engine,
+    dataset: Dataset,
+    *,
+    created_at: datetime,
+    seed: int | None = None,
+    source: str = "api",
+) -> DatasetRecord:
+    """Store a dataset and its samples in one transaction: visible whole or not at all."""
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        record = _insert_dataset_header(
+            conn, samples_count=len(dataset), created_at=created_at, hour=dataset.hour,
+            seed=seed, source=source,
+        )
+        _bulk_insert_samples(conn, record.generation_id, dataset)
+    return record
+
+
+def insert_dataset_chunks(
+    engine: Engine,
+    chunks: Any,
+    *,
+    samples_count: int,
+    hour: int,
+    created_at: datetime,
+    seed: int | None = None,
+    source: str = "cli",
+    on_chunk: Any = None,
+) -> DatasetRecord:
+    """Stream chunks of one large dataset into a single transaction."""
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        record = _insert_dataset_header(
+            conn, samples_count=samples_count, created_at=created_at, hour=hour,
+            seed=seed, source=source,
+        )
+        written = 0
+        for chunk in chunks:
+            _bulk_insert_samples(conn, record.generation_id, chunk)
+            written += len(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+        if written != samples_count:
+            raise ValueError(f"expected {samples_count} samples, got {written}")
+    return record
+
+
+def _insert_dataset_header(
+    conn: Connection, *, samples_count: int, created_at: datetime, hour: int,
+    seed: int | None, source: str,
+) -> DatasetRecord:
+    row_id = conn.execute(
+        datasets.insert()
+        .values(samples_count=samples_count, created_at=created_at, hour_generated=hour,
+                seed=seed, source=source)
+        .returning(datasets.c.id)
+    ).scalar_one()
+    # generation_id = the row's own autoincrement id: unique and increasing even when
+    # several processes generate at once, with no read-then-write race.
+    conn.execute(datasets.update().where(datasets.c.id == row_id).values(generation_id=row_id))
+    return DatasetRecord(
+        generation_id=row_id, samples_count=samples_count, created_at=_utc(created_at),
+        hour_generated=hour, seed=seed, source=source,
+    )
+
+
+def _bulk_insert_samples(conn: Connection, generation_id: int, dataset: Dataset) -> None:
+    n = len(dataset)
+    if n == 0:
+        return
+    gen = np.full(n, generation_id, dtype=np.int64)
+    if conn.dialect.name == "postgresql":
+        # COPY is several times faster than executemany on PostgreSQL.
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cur, cur.copy(
+            "COPY dataset_samples (generation_id, feature1, feature2, target) FROM STDIN"
+        ) as copy:
+            for row in zip(gen.tolist(), dataset.feature1.tolist(), dataset.feature2.tolist(),
+                           dataset.target.tolist(), strict=True):
+                copy.write_row(row)
+        return
+    rows = list(zip(gen.tolist(), dataset.feature1.tolist(), dataset.feature2.tolist(),
+                    dataset.target.tolist(), strict=True))
+    # The driver's executemany with tuples: ~10x less overhead than ORM objects.
+    conn.exec_driver_sql(
+        "INSERT INTO dataset_samples (generation_id, feature1, feature2, target) "
+        "VALUES (?, ?, ?, ?)",
+        rows,  # type: ignore[arg-type]
+    )
+
+
+def get_latest_generation_id(engine: Engine) -> int | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.max(datasets.c.generation_id))).scalar_one_or_none()
+
+
+def get_dataset_record(engine: Engine, generation_id: int) -> DatasetRecord | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(datasets).where(datasets.c.generation_id == generation_id)
+        ).mappings().first()
+    return _dataset_record(row) if row else None
+
+
+def list_datasets(engine: Engine, *, limit: int = 50, offset: int = 0) -> list[DatasetRecord]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(datasets).where(datasets.c.generation_id.is_not(None))
+            .order_by(datasets.c.generation_id.desc()).limit(limit).offset(offset)
+        ).mappings().all()
+    return [_dataset_record(r) for r in rows]
+
+
+def list_datasets_since(engine: Engine, after_generation_id: int) -> list[DatasetRecord]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(datasets).where(datasets.c.generation_id > after_generation_id)
+            .order_by(datasets.c.generation_id)
+        ).mappings().all()
+    return [_dataset_record(r) for r in rows]
+
+
+def _dataset_record(row: Any) -> DatasetRecord:
+    return DatasetRecord(
+        generation_id=row["generation_id"], samples_count=row["samples_count"],
+        created_at=_utc(row["created_at"]), hour_generated=row["hour_generated"],
+        seed=row["seed"], source=row["source"],
+    )
+
+
+def load_dataset(engine: Engine, generation_id: int) -> Dataset | None:
+    """The samples of one generation, in insertion order; None if it does not exist."""
+    record = get_dataset_record(engine, generation_id)
+    if record is None:
+        return None
+    with engine.connect() as conn:
+        result = conn.exec_driver_sql(
+            "SELECT feature1, feature2, target FROM dataset_samples "
+            f"WHERE generation_id = {int(generation_id)} ORDER BY id"
+        )
+        rows = result.fetchall()
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    return Dataset(
+        features=np.ascontiguousarray(arr[:, :2]),
+        target=arr[:, 2].astype(np.int64),
+        hour=record.hour_generated,
+    )
+
+
+def count_samples(engine: Engine, generation_id: int) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(
+            sa.select(sa.func.count()).select_from(dataset_samples)
+            .where(dataset_samples.c.generation_id == generation_id)
+        ).scalar_one())
+
+
+# --- models ----------------------------------------------------------------------------
+
+
+def insert_model(engine: Engine, record: ModelRecord, *, activate: bool) -> ModelRecord:
+    """Store a trained model; with ``activate`` it becomes the only active one, atomically."""
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        _lock_models(conn)
+        if activate:
+            conn.execute(models.update().where(models.c.is_active).values(is_active=False))
+        values = _model_values(record)
+        values["is_active"] = activate
+        conn.execute(models.insert().values(**values))
+    return _replace(record, is_active=activate)
+
+
+def activate_model(engine: Engine, version: str) -> ModelRecord | None:
+    """Make ``version`` the only active model. None when it does not exist."""
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        _lock_models(conn)
+        exists = conn.execute(sa.select(models.c.id).where(models.c.version == version)).first()
+        if exists is None:
+            return None
+        conn.execute(
+            models.update().where(models.c.is_active, models.c.version != version)
+            .values(is_active=False)
+        )
+        conn.execute(models.update().where(models.c.version == version).values(is_active=True))
+    return get_model(engine, version)
+
+
+def _lock_models(conn: Connection) -> None:
+    # SQLite: BEGIN IMMEDIATE already serialises writers. PostgreSQL: without a table
+    # lock, two concurrent activations could each miss the other's new row.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE")
+
+
+def get_active_version(engine: Engine) -> str | None:
+    """The active version only: the cheap query every API process polls."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(models.c.version).where(models.c.is_active)
+        ).scalar_one_or_none()
+
+
+def get_active_model(engine: Engine) -> ModelRecord | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(models).where(models.c.is_active)).mappings().first()
+    return _model_record(row) if row else None
+
+
+def get_model(engine: Engine, version: str) -> ModelRecord | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(models).where(models.c.version == version)).mappings().first()
+    return _model_record(row) if row else None
+
+
+def list_models(engine: Engine) -> list[ModelRecord]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(models).order_by(models.c.id.desc())).mappings().all()
+    return [_model_record(r) for r in rows]
+
+
+def _model_values(record: ModelRecord) -> dict[str, Any]:
+    return {
+        "version": record.version, "accuracy": record.accuracy,
+        "training_samples": record.training_samples, "created_at": record.created_at,
+        "precision": record.precision, "recall": record.recall, "f1_score": record.f1_score,
+        "test_samples": record.test_samples, "generation_id": record.generation_id,
+        "registry_version": record.registry_version, "run_id": record.run_id,
+        "run_name": record.run_name, "parameters": record.parameters,
+        "hour_parity": record.hour_parity,
+    }
+
+
+def _model_record(row: Any) -> ModelRecord:
+    return ModelRecord(
+        version=row["version"], accuracy=row["accuracy"],
+        training_samples=row["training_samples"], created_at=_utc(row["created_at"]),
+        is_active=bool(row["is_active"]), precision=row["precision"], recall=row["recall"],
+        f1_score=row["f1_score"], test_samples=row["test_samples"],
+        generation_id=row["generation_id"], registry_version=row["registry_version"],
+        run_id=row["run_id"], run_name=row["run_name"], parameters=row["parameters"],
+        hour_parity=row["hour_parity"],
+    )
+
+
+def _replace(record: ModelRecord, **changes: Any) -> ModelRecord:
+    from dataclasses import replace
+
+    return replace(record, **changes)
+
+
+def check_database(engine: Engine) -> None:
+    """Raise if the database cannot answer a trivial query."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,59 @@
+"""Table definitions (SQLAlchemy Core). The seed's table and column names are kept exactly."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # Equal to id, set in the same transaction: unique and increasing under concurrency.
+    sa.Column("generation_id", sa.Integer, nullable=True, unique=True),
+    sa.Column("samples_count", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("hour_generated", sa.Integer, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=True),
+    sa.Column("source", sa.String(32), nullable=False, server_default="api"),
+)
+
+dataset_samples = sa.Table(
+    "dataset_samples",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("generation_id", sa.Integer, nullable=False, index=True),
+    sa.Column("feature1", sa.Float, nullable=False),
+    sa.Column("feature2", sa.Float, nullable=False),
+    sa.Column("target", sa.Integer, nullable=False),
+)
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version", sa.String(32), nullable=False, unique=True),
+    sa.Column("accuracy", sa.Float, nullable=False),
+    sa.Column("training_samples", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("precision", sa.Float, nullable=True),
+    sa.Column("recall", sa.Float, nullable=True),
+    sa.Column("f1_score", sa.Float, nullable=True),
+    sa.Column("test_samples", sa.Integer, nullable=True),
+    sa.Column("generation_id", sa.Integer, nullable=True),
+    sa.Column("registry_version", sa.Integer, nullable=True),
+    sa.Column("run_id", sa.String(64), nullable=True),
+    sa.Column("run_name", sa.String(128), nullable=True),
+    # Fitted parameters as JSON: any process can serve the model without MLflow.
+    sa.Column("parameters", sa.Text, nullable=True),
+    sa.Column("hour_parity", sa.Integer, nullable=True),
+    sa.Index(
+        "uq_models_single_active",
+        "is_active",
+        unique=True,
+        sqlite_where=sa.text("is_active"),
+        postgresql_where=sa.text("is_active"),
+    ),
+)
