@@ -32,7 +32,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(
+    url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -64,8 +66,10 @@ def _postgres_available() -> bool:
 def postgres_available() -> bool:
     ok = _postgres_available()
     if not ok and REQUIRE_POSTGRES:
-        pytest.fail(f"PostgreSQL required (IA_TEST_REQUIRE_POSTGRES=1) but {POSTGRES_ADMIN_URL} "
-                    "does not answer")
+        pytest.fail(
+            f"PostgreSQL required (IA_TEST_REQUIRE_POSTGRES=1) but {POSTGRES_ADMIN_URL} "
+            "does not answer"
+        )
     return ok
 
 
@@ -78,9 +82,7 @@ def postgres_url(postgres_available: bool) -> Iterator[str]:
     admin = sa.create_engine(POSTGRES_ADMIN_URL)
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.make_url(POSTGRES_ADMIN_URL).update_query_dict(
-        {"options": f"-csearch_path={schema}"}
-    )
+    url = sa.make_url(POSTGRES_ADMIN_URL).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)
     finally:
@@ -104,17 +106,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` subprocess (one worker, no job runner) on a free port."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    log = open(root / "server.log", "wb")
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [
-            str(Path(sys.executable).with_name("mlflow")), "server",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--workers", "1",
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
         ],
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -150,7 +161,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def settings(make_settings: Callable[..., Settings], database_url: str, mlflow_server: str) -> Settings:
+def settings(
+    make_settings: Callable[..., Settings], database_url: str, mlflow_server: str
+) -> Settings:
     return make_settings(database_url=database_url, mlflow_tracking_uri=mlflow_server)
 
 
@@ -172,8 +185,9 @@ class LiveServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")  # type: ignore[arg-type]
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

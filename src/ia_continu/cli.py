@@ -109,8 +109,11 @@ def up(
 
     settings = _settings()
     _setup_logging(settings.log_level)
-    raise typer.Exit(run_stack(settings, mlflow_port=mlflow_port, mlflow_dir=mlflow_dir,
-                               with_prefect=with_prefect))
+    raise typer.Exit(
+        run_stack(
+            settings, mlflow_port=mlflow_port, mlflow_dir=mlflow_dir, with_prefect=with_prefect
+        )
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,7 +49,9 @@ def test_generate_dataset_label_relation_is_learnable_but_noisy() -> None:
     rule = (ds.features @ np.asarray(WEIGHTS) > 0).astype(int)
     bayes = float(np.mean(rule == ds.target))
     assert 0.90 <= bayes <= 0.95, bayes
-    expected = 1 - np.arccos(np.linalg.norm(WEIGHTS) / np.hypot(np.linalg.norm(WEIGHTS), NOISE_SD)) / np.pi
+    expected = (
+        1 - np.arccos(np.linalg.norm(WEIGHTS) / np.hypot(np.linalg.norm(WEIGHTS), NOISE_SD)) / np.pi
+    )
     assert bayes == pytest.approx(expected, abs=0.005)
     assert 0.45 < ds.target.mean() < 0.55
 

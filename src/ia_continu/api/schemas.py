@@ -44,7 +44,10 @@ class GenerateResponse(BaseModel):
 
 class PredictRequest(_Strict):
     features: list[FiniteFloat] = Field(
-        ..., min_length=2, max_length=2, description="[feature1, feature2]",
+        ...,
+        min_length=2,
+        max_length=2,
+        description="[feature1, feature2]",
         examples=[[0.5, -1.2]],
     )
 

@@ -63,8 +63,12 @@ def insert_dataset(
     """Store a dataset and its samples in one transaction: visible whole or not at all."""
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         record = _insert_dataset_header(
-            conn, samples_count=len(dataset), created_at=created_at, hour=dataset.hour,
-            seed=seed, source=source,
+            conn,
+            samples_count=len(dataset),
+            created_at=created_at,
+            hour=dataset.hour,
+            seed=seed,
+            source=source,
         )
         _bulk_insert_samples(conn, record.generation_id, dataset)
     return record
@@ -84,8 +88,12 @@ def insert_dataset_chunks(
     """Stream chunks of one large dataset into a single transaction."""
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         record = _insert_dataset_header(
-            conn, samples_count=samples_count, created_at=created_at, hour=hour,
-            seed=seed, source=source,
+            conn,
+            samples_count=samples_count,
+            created_at=created_at,
+            hour=hour,
+            seed=seed,
+            source=source,
         )
         written = 0
         for chunk in chunks:
@@ -99,21 +107,35 @@ def insert_dataset_chunks(
 
 
 def _insert_dataset_header(
-    conn: Connection, *, samples_count: int, created_at: datetime, hour: int,
-    seed: int | None, source: str,
+    conn: Connection,
+    *,
+    samples_count: int,
+    created_at: datetime,
+    hour: int,
+    seed: int | None,
+    source: str,
 ) -> DatasetRecord:
     row_id = conn.execute(
         datasets.insert()
-        .values(samples_count=samples_count, created_at=created_at, hour_generated=hour,
-                seed=seed, source=source)
+        .values(
+            samples_count=samples_count,
+            created_at=created_at,
+            hour_generated=hour,
+            seed=seed,
+            source=source,
+        )
         .returning(datasets.c.id)
     ).scalar_one()
     # generation_id = the row's own autoincrement id: unique and increasing even when
     # several processes generate at once, with no read-then-write race.
     conn.execute(datasets.update().where(datasets.c.id == row_id).values(generation_id=row_id))
     return DatasetRecord(
-        generation_id=row_id, samples_count=samples_count, created_at=_utc(created_at),
-        hour_generated=hour, seed=seed, source=source,
+        generation_id=row_id,
+        samples_count=samples_count,
+        created_at=_utc(created_at),
+        hour_generated=hour,
+        seed=seed,
+        source=source,
     )
 
 
@@ -126,15 +148,30 @@ def _bulk_insert_samples(conn: Connection, generation_id: int, dataset: Dataset)
         # COPY is several times faster than executemany on PostgreSQL.
         raw = conn.connection.driver_connection
         assert raw is not None
-        with raw.cursor() as cur, cur.copy(
-            "COPY dataset_samples (generation_id, feature1, feature2, target) FROM STDIN"
-        ) as copy:
-            for row in zip(gen.tolist(), dataset.feature1.tolist(), dataset.feature2.tolist(),
-                           dataset.target.tolist(), strict=True):
+        with (
+            raw.cursor() as cur,
+            cur.copy(
+                "COPY dataset_samples (generation_id, feature1, feature2, target) FROM STDIN"
+            ) as copy,
+        ):
+            for row in zip(
+                gen.tolist(),
+                dataset.feature1.tolist(),
+                dataset.feature2.tolist(),
+                dataset.target.tolist(),
+                strict=True,
+            ):
                 copy.write_row(row)
         return
-    rows = list(zip(gen.tolist(), dataset.feature1.tolist(), dataset.feature2.tolist(),
-                    dataset.target.tolist(), strict=True))
+    rows = list(
+        zip(
+            gen.tolist(),
+            dataset.feature1.tolist(),
+            dataset.feature2.tolist(),
+            dataset.target.tolist(),
+            strict=True,
+        )
+    )
     # The driver's executemany with tuples: ~10x less overhead than ORM objects.
     conn.exec_driver_sql(
         "INSERT INTO dataset_samples (generation_id, feature1, feature2, target) "
@@ -150,35 +187,52 @@ def get_latest_generation_id(engine: Engine) -> int | None:
 
 def get_dataset_record(engine: Engine, generation_id: int) -> DatasetRecord | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(datasets).where(datasets.c.generation_id == generation_id)
-        ).mappings().first()
+        row = (
+            conn.execute(sa.select(datasets).where(datasets.c.generation_id == generation_id))
+            .mappings()
+            .first()
+        )
     return _dataset_record(row) if row else None
 
 
 def list_datasets(engine: Engine, *, limit: int = 50, offset: int = 0) -> list[DatasetRecord]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(datasets).where(datasets.c.generation_id.is_not(None))
-            .order_by(datasets.c.generation_id.desc()).limit(limit).offset(offset)
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                sa.select(datasets)
+                .where(datasets.c.generation_id.is_not(None))
+                .order_by(datasets.c.generation_id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            .mappings()
+            .all()
+        )
     return [_dataset_record(r) for r in rows]
 
 
 def list_datasets_since(engine: Engine, after_generation_id: int) -> list[DatasetRecord]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(datasets).where(datasets.c.generation_id > after_generation_id)
-            .order_by(datasets.c.generation_id)
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                sa.select(datasets)
+                .where(datasets.c.generation_id > after_generation_id)
+                .order_by(datasets.c.generation_id)
+            )
+            .mappings()
+            .all()
+        )
     return [_dataset_record(r) for r in rows]
 
 
 def _dataset_record(row: Any) -> DatasetRecord:
     return DatasetRecord(
-        generation_id=row["generation_id"], samples_count=row["samples_count"],
-        created_at=_utc(row["created_at"]), hour_generated=row["hour_generated"],
-        seed=row["seed"], source=row["source"],
+        generation_id=row["generation_id"],
+        samples_count=row["samples_count"],
+        created_at=_utc(row["created_at"]),
+        hour_generated=row["hour_generated"],
+        seed=row["seed"],
+        source=row["source"],
     )
 
 
@@ -203,10 +257,13 @@ def load_dataset(engine: Engine, generation_id: int) -> Dataset | None:
 
 def count_samples(engine: Engine, generation_id: int) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(
-            sa.select(sa.func.count()).select_from(dataset_samples)
-            .where(dataset_samples.c.generation_id == generation_id)
-        ).scalar_one())
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(dataset_samples)
+                .where(dataset_samples.c.generation_id == generation_id)
+            ).scalar_one()
+        )
 
 
 # --- models ----------------------------------------------------------------------------
@@ -232,7 +289,8 @@ def activate_model(engine: Engine, version: str) -> ModelRecord | None:
         if exists is None:
             return None
         conn.execute(
-            models.update().where(models.c.is_active, models.c.version != version)
+            models.update()
+            .where(models.c.is_active, models.c.version != version)
             .values(is_active=False)
         )
         conn.execute(models.update().where(models.c.version == version).values(is_active=True))
@@ -274,24 +332,39 @@ def list_models(engine: Engine) -> list[ModelRecord]:
 
 def _model_values(record: ModelRecord) -> dict[str, Any]:
     return {
-        "version": record.version, "accuracy": record.accuracy,
-        "training_samples": record.training_samples, "created_at": record.created_at,
-        "precision": record.precision, "recall": record.recall, "f1_score": record.f1_score,
-        "test_samples": record.test_samples, "generation_id": record.generation_id,
-        "registry_version": record.registry_version, "run_id": record.run_id,
-        "run_name": record.run_name, "parameters": record.parameters,
+        "version": record.version,
+        "accuracy": record.accuracy,
+        "training_samples": record.training_samples,
+        "created_at": record.created_at,
+        "precision": record.precision,
+        "recall": record.recall,
+        "f1_score": record.f1_score,
+        "test_samples": record.test_samples,
+        "generation_id": record.generation_id,
+        "registry_version": record.registry_version,
+        "run_id": record.run_id,
+        "run_name": record.run_name,
+        "parameters": record.parameters,
         "hour_parity": record.hour_parity,
     }
 
 
 def _model_record(row: Any) -> ModelRecord:
     return ModelRecord(
-        version=row["version"], accuracy=row["accuracy"],
-        training_samples=row["training_samples"], created_at=_utc(row["created_at"]),
-        is_active=bool(row["is_active"]), precision=row["precision"], recall=row["recall"],
-        f1_score=row["f1_score"], test_samples=row["test_samples"],
-        generation_id=row["generation_id"], registry_version=row["registry_version"],
-        run_id=row["run_id"], run_name=row["run_name"], parameters=row["parameters"],
+        version=row["version"],
+        accuracy=row["accuracy"],
+        training_samples=row["training_samples"],
+        created_at=_utc(row["created_at"]),
+        is_active=bool(row["is_active"]),
+        precision=row["precision"],
+        recall=row["recall"],
+        f1_score=row["f1_score"],
+        test_samples=row["test_samples"],
+        generation_id=row["generation_id"],
+        registry_version=row["registry_version"],
+        run_id=row["run_id"],
+        run_name=row["run_name"],
+        parameters=row["parameters"],
         hour_parity=row["hour_parity"],
     )
 

@@ -57,3 +57,53 @@ models = sa.Table(
         postgresql_where=sa.text("is_active"),
     ),
 )
+
+# Every /predict answer, written in batches off the request path.
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("feature1", sa.Float, nullable=False),
+    sa.Column("feature2", sa.Float, nullable=False),
+    sa.Column("prediction", sa.Integer, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False, index=True),
+)
+
+# One row per monitoring flow run.
+monitoring_runs = sa.Table(
+    "monitoring_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("duration_seconds", sa.Float, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),  # ok | drift | failed
+    sa.Column("champion_version", sa.String(32), nullable=True),
+    sa.Column("generation_id", sa.Integer, nullable=True),
+    sa.Column("batch_samples", sa.Integer, nullable=True),
+    sa.Column("hour_generated", sa.Integer, nullable=True),
+    sa.Column("reference_accuracy", sa.Float, nullable=True),  # champion's held-out accuracy
+    sa.Column("accuracy", sa.Float, nullable=True),  # champion on the new batch
+    sa.Column("precision", sa.Float, nullable=True),
+    sa.Column("recall", sa.Float, nullable=True),
+    sa.Column("f1_score", sa.Float, nullable=True),
+    sa.Column("ks_statistic_feature1", sa.Float, nullable=True),
+    sa.Column("ks_p_value_feature1", sa.Float, nullable=True),
+    sa.Column("psi_feature1", sa.Float, nullable=True),
+    sa.Column("ks_statistic_feature2", sa.Float, nullable=True),
+    sa.Column("ks_p_value_feature2", sa.Float, nullable=True),
+    sa.Column("psi_feature2", sa.Float, nullable=True),
+    # Same statistics against the live inputs logged by /predict, when enough exist (JSON).
+    sa.Column("live_drift", sa.Text, nullable=True),
+    sa.Column("drift_detected", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("decision", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("new_version", sa.String(32), nullable=True),
+    sa.Column("new_accuracy", sa.Float, nullable=True),  # challenger on its held-out rows
+    sa.Column("champion_accuracy_on_holdout", sa.Float, nullable=True),
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),
+    sa.Column("flow_run_id", sa.String(64), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+)

@@ -3,6 +3,7 @@ the CLI and the monitoring flow. No web or orchestration framework in here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -124,8 +125,14 @@ def retrain(
             activate=activate,
         )
     return RetrainOutcome(
-        record=record, model=model, result=result, run_id=run.run_id, run_name=run.run_name,
-        experiment_id=run.experiment_id, generation_id=generation_id, timings=timings,
+        record=record,
+        model=model,
+        result=result,
+        run_id=run.run_id,
+        run_name=run.run_name,
+        experiment_id=run.experiment_id,
+        generation_id=generation_id,
+        timings=timings,
     )
 
 
@@ -184,8 +191,9 @@ def model_from_record(record: repo.ModelRecord) -> LinearModel:
     return LinearModel.from_json(record.parameters)
 
 
-def load_served_model(*, engine: Engine, models_dir: Path, version: str | None = None
-                      ) -> LinearModel | None:
+def load_served_model(
+    *, engine: Engine, models_dir: Path, version: str | None = None
+) -> LinearModel | None:
     """The model to serve: the active one (or ``version``), from local disk first,
     then from the parameters stored with its database row. Never from MLflow."""
     if version is None:
@@ -199,10 +207,8 @@ def load_served_model(*, engine: Engine, models_dir: Path, version: str | None =
     if record is None or not record.parameters:
         return None
     model = model_from_record(record)
-    try:
-        save_model_file(models_dir, model)  # cache it locally for the next start
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # cache it locally for the next start
+        save_model_file(models_dir, model)
     return model
 
 

@@ -61,7 +61,11 @@ class LinearModel:
         coef = [float(c) for c in data["coef"]]
         if len(coef) != 2:
             raise ValueError("a model on two features needs two coefficients")
-        return cls(version=str(data["version"]), coef=(coef[0], coef[1]), intercept=float(data["intercept"]))
+        return cls(
+            version=str(data["version"]),
+            coef=(coef[0], coef[1]),
+            intercept=float(data["intercept"]),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> LinearModel:

@@ -123,8 +123,14 @@ def log_training_run(
     check_tracking_server(settings)
     try:
         return _log_training_run(
-            settings=settings, result=result, generation_id=generation_id, now=now,
-            run_prefix=run_prefix, alias=alias, extra_params=extra_params or {}, tags=tags or {},
+            settings=settings,
+            result=result,
+            generation_id=generation_id,
+            now=now,
+            run_prefix=run_prefix,
+            alias=alias,
+            extra_params=extra_params or {},
+            tags=tags or {},
         )
     except RegistryUnavailableError:
         raise
@@ -156,9 +162,13 @@ def _log_training_run(
         run_name = _unique_run_name(client, experiment_id, run_prefix, now)
         hp = result.hyperparameters
         params = {
-            "C": hp.C, "solver": hp.solver, "max_iter": hp.max_iter,
-            "training_samples": result.training_samples, "test_samples": result.test_samples,
-            "generation_id": generation_id, **extra_params,
+            "C": hp.C,
+            "solver": hp.solver,
+            "max_iter": hp.max_iter,
+            "training_samples": result.training_samples,
+            "test_samples": result.test_samples,
+            "generation_id": generation_id,
+            **extra_params,
         }
         ts = int(now.timestamp() * 1000)
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
@@ -183,7 +193,9 @@ def _log_training_run(
         if alias:
             client.set_registered_model_alias(settings.model_name, alias, str(version))
         return RegisteredRun(
-            run_id=run.info.run_id, run_name=run_name, experiment_id=experiment_id,
+            run_id=run.info.run_id,
+            run_name=run_name,
+            experiment_id=experiment_id,
             registry_version=version,
         )
 
@@ -213,7 +225,11 @@ def get_alias_version(*, settings: Settings, alias: str) -> int | None:
 
 
 def log_monitoring_metrics(
-    *, settings: Settings, run_name: str, metrics: dict[str, float], params: dict[str, Any],
+    *,
+    settings: Settings,
+    run_name: str,
+    metrics: dict[str, float],
+    params: dict[str, Any],
     now: datetime,
 ) -> str:
     """Log one monitoring run's figures as an MLflow run; returns its run id."""
@@ -226,8 +242,9 @@ def log_monitoring_metrics(
             experiment_id = _experiment_id(
                 client, settings.mlflow_experiment, settings.mlflow_tracking_uri
             )
-            run = client.create_run(experiment_id, run_name=run_name,
-                                    tags={"ia_continu.kind": "monitoring"})
+            run = client.create_run(
+                experiment_id, run_name=run_name, tags={"ia_continu.kind": "monitoring"}
+            )
             ts = int(now.timestamp() * 1000)
             client.log_batch(
                 run.info.run_id,

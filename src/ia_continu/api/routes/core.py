@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import ORJSONResponse
 
 from ia_continu.api.deps import get_state
@@ -130,8 +129,11 @@ def retrain(
         state.retrain_lock.release()
     state.serve(outcome.model)
     metrics = outcome.result.metrics
-    log.info("retrained %s in %s", outcome.record.version,
-             {k: round(v, 4) for k, v in outcome.timings.items()})
+    log.info(
+        "retrained %s in %s",
+        outcome.record.version,
+        {k: round(v, 4) for k, v in outcome.timings.items()},
+    )
     return RetrainResponse(
         model_version=outcome.record.version,
         training_samples=outcome.record.training_samples,
