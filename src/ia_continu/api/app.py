@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -71,6 +74,12 @@ def create_app(
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default handler echoes the input back, and an input such as NaN
+        # cannot be encoded as JSON: that turned a client mistake into a 500.
+        return JSONResponse(status_code=422, content={"detail": _clean_errors(exc.errors())})
+
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
@@ -80,3 +89,30 @@ def _install_error_handlers(app: FastAPI) -> None:
             content={"detail": "database unavailable, retry shortly"},
             headers={"Retry-After": "1"},
         )
+
+
+def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    cleaned = []
+    for error in errors:
+        item: dict[str, Any] = {
+            "type": error.get("type"),
+            "loc": [p if isinstance(p, int | str) else str(p) for p in error.get("loc", ())],
+            "msg": error.get("msg"),
+        }
+        value = error.get("input")
+        if _is_plain_json(value):
+            item["input"] = value
+        cleaned.append(item)
+    return cleaned
+
+
+def _is_plain_json(value: Any, depth: int = 0) -> bool:
+    if value is None or isinstance(value, bool | int | str):
+        return not isinstance(value, str) or len(value) <= 200
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple) and depth < 2 and len(value) <= 20:
+        return all(_is_plain_json(v, depth + 1) for v in value)
+    if isinstance(value, dict) and depth < 2 and len(value) <= 20:
+        return all(isinstance(k, str) and _is_plain_json(v, depth + 1) for k, v in value.items())
+    return False

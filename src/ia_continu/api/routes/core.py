@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Response
-from fastapi.responses import ORJSONResponse
 
 from ia_continu.api.deps import get_state
 from ia_continu.api.schemas import (
@@ -39,10 +40,15 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _json(content: dict[str, Any]) -> Response:
+    # Hot routes build their JSON directly: no response-model validation per request.
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
 @router.get("/health", response_model=HealthResponse, tags=["service"])
 async def health() -> Response:
     """Liveness: no database or MLflow call (uptime monitors hit it every 30 s)."""
-    return ORJSONResponse({"status": "ok", "timestamp": _now_iso(), "version": VERSION})
+    return _json({"status": "ok", "timestamp": _now_iso(), "version": VERSION})
 
 
 @router.post(
@@ -82,7 +88,7 @@ async def predict(body: PredictRequest, state: AppState = Depends(get_state)) ->
     if model is None:
         raise HTTPException(503, NO_MODEL)
     prediction, confidence = model.predict_one(body.features[0], body.features[1])
-    return ORJSONResponse(
+    return _json(
         {
             "prediction": prediction,
             "model_version": model.version,
