@@ -150,7 +150,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "data_dir": tmp_path / "data",
             "mlflow_tracking_uri": "http://127.0.0.1:9",  # nothing listens: tests opt in
             "model_name": f"test_model_{uuid.uuid4().hex[:8]}",
-            "mlflow_experiment": "ia_continu_test",
+            "mlflow_experiment": f"ia_continu_test_{uuid.uuid4().hex[:8]}",
             "model_refresh_interval": 0.2,
             "timezone": "UTC",
         }
