@@ -176,7 +176,7 @@ def _bulk_insert_samples(conn: Connection, generation_id: int, dataset: Dataset)
     conn.exec_driver_sql(
         "INSERT INTO dataset_samples (generation_id, feature1, feature2, target) "
         "VALUES (?, ?, ?, ?)",
-        rows,  # type: ignore[arg-type]
+        rows,
     )
 
 
