@@ -37,9 +37,19 @@ def test_cli_up_starts_mlflow_and_api_then_stops_cleanly_on_ctrl_c(tmp_path: Pat
         "IA_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
     }
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ia-continu")), "up", "--no-with-prefect",
-         "--mlflow-port", str(mlflow_port), "--mlflow-dir", str(tmp_path / "mlflow")],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).with_name("ia-continu")),
+            "up",
+            "--no-with-prefect",
+            "--mlflow-port",
+            str(mlflow_port),
+            "--mlflow-dir",
+            str(tmp_path / "mlflow"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_http(f"http://127.0.0.1:{api_port}/health", timeout=180, proc=proc)

@@ -50,8 +50,11 @@ def test_retrain_run_names_unique_within_one_second(client: Any, settings: Setti
     client.post("/generate", json={"samples": 300, "seed": 1})
     names = {client.post("/retrain").json()["run_name"] for _ in range(3)}
     # The test clock is frozen: all three retrains happen "in the same second".
-    assert names == {"retrain_20260115_103000", "retrain_20260115_103000_2",
-                     "retrain_20260115_103000_3"}
+    assert names == {
+        "retrain_20260115_103000",
+        "retrain_20260115_103000_2",
+        "retrain_20260115_103000_3",
+    }
 
 
 def test_retrain_moves_champion_alias_to_new_version(client: Any, settings: Settings) -> None:
@@ -90,6 +93,7 @@ def test_retrain_with_mlflow_down_is_503_and_keeps_active_model(
     assert r.status_code == 503
     assert "unchanged" in r.json()["detail"]
     assert client.get("/models").json()["active_version"] == first["model_version"]
-    assert client.post("/predict", json={"features": [1, 1]}).json()["model_version"] == (
-        first["model_version"]
+    assert (
+        client.post("/predict", json={"features": [1, 1]}).json()["model_version"]
+        == (first["model_version"])
     )
