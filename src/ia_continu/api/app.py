@@ -70,7 +70,14 @@ def create_app(
     from ia_continu.api.routes import core
 
     app.include_router(core.router)
+    _install_dashboard(app)
     return app
+
+
+def _install_dashboard(app: FastAPI) -> None:
+    from ia_continu.api.routes import dashboard
+
+    dashboard.install_dashboard(app)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -112,3 +112,62 @@ class ModelInfo(BaseModel):
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     active_version: str | None
+
+
+# --- dashboard ----------------------------------------------------------------------------
+
+
+class DashboardLinks(BaseModel):
+    mlflow: str
+    prefect: str
+    uptime_kuma: str
+
+
+class DashboardThresholds(BaseModel):
+    min_accuracy: float = Field(description="retrain below this accuracy on a batch")
+    max_accuracy_drop: float = Field(description="retrain below champion held-out minus this")
+    drift_p_value: float = Field(description="KS p-value below which a feature has drifted")
+    psi_threshold: float
+
+
+class DashboardEndpoints(BaseModel):
+    """Which optional routes this API serves: the page skips the others."""
+
+    monitoring_history: bool
+    monitoring_run: bool
+    predictions_timeseries: bool
+    rollback: bool
+
+
+class DashboardConfig(BaseModel):
+    version: str
+    refresh_seconds: int
+    links: DashboardLinks
+    thresholds: DashboardThresholds
+    api_key_required: bool = Field(description="POST routes need the X-API-Key header")
+    predict_requires_key: bool
+    endpoints: DashboardEndpoints
+
+
+class HistogramDataset(BaseModel):
+    generation_id: int
+    samples: int = Field(description="rows stored in the dataset")
+    rows_used: int = Field(description="rows binned: the first ones, at most a fixed cap")
+    hour_generated: int
+    created_at: datetime
+    model_version: str | None = Field(None, description="the champion trained on it")
+
+
+class FeatureHistogramInfo(BaseModel):
+    edges: list[float] = Field(description="bins + 1 common edges")
+    reference: list[int] | None = Field(description="counts per bin, champion's training data")
+    latest: list[int] | None = Field(description="counts per bin, latest dataset")
+    reference_mean: float | None
+    latest_mean: float | None
+
+
+class HistogramsResponse(BaseModel):
+    bins: int
+    reference: HistogramDataset | None = Field(description="the champion's training dataset")
+    latest: HistogramDataset | None = Field(description="the most recent dataset")
+    features: dict[str, FeatureHistogramInfo]

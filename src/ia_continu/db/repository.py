@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 from sqlalchemy.engine import Connection, Engine
 
 from ia_continu.db.engine import WRITE
@@ -264,6 +265,24 @@ def count_samples(engine: Engine, generation_id: int) -> int:
                 .where(dataset_samples.c.generation_id == generation_id)
             ).scalar_one()
         )
+
+
+def load_feature_sample(
+    engine: Engine, generation_id: int, *, limit: int
+) -> NDArray[np.float64] | None:
+    """The first ``limit`` (feature1, feature2) rows of one generation, shape (n, 2);
+    None if the generation does not exist. Rows are i.i.d. draws, so the first ones are
+    a fair sample: the dashboard's histograms stay cheap on multi-million-row datasets."""
+    if get_dataset_record(engine, generation_id) is None:
+        return None
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(dataset_samples.c.feature1, dataset_samples.c.feature2)
+            .where(dataset_samples.c.generation_id == generation_id)
+            .order_by(dataset_samples.c.id)
+            .limit(limit)
+        ).all()
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
 
 
 # --- models ----------------------------------------------------------------------------
