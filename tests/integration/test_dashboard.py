@@ -161,12 +161,31 @@ def test_dashboard_config_lists_optional_routes_the_app_serves(
         def _run() -> dict[str, str]:
             return {}
 
-    plain = make_client().get("/dashboard/config").json()["endpoints"]
-    served = {getattr(r, "path", "") for r in make_client().app.routes}
-    assert plain["monitoring_history"] is ("/monitoring/history" in served)
-    assert plain["rollback"] is ("/models/{version}/activate" in served)
+    client = make_client()
+    plain = client.get("/dashboard/config").json()["endpoints"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert plain["monitoring_history"] is ("get" in paths.get("/monitoring/history", {}))
+    assert plain["rollback"] is ("post" in paths.get("/models/{version}/activate", {}))
     with_run = make_client(add_monitor_run).get("/dashboard/config").json()["endpoints"]
     assert with_run["monitoring_run"] is True
+
+
+def test_dashboard_config_finds_routes_of_included_routers(
+    make_client: Callable[..., TestClient],
+) -> None:
+    from fastapi import APIRouter
+
+    def add_router(app: Any) -> None:
+        router = APIRouter(prefix="/predictions")
+
+        @router.get("/timeseries")
+        def _series() -> dict[str, str]:
+            return {}
+
+        app.include_router(router)
+
+    endpoints = make_client(add_router).get("/dashboard/config").json()["endpoints"]
+    assert endpoints["predictions_timeseries"] is True
 
 
 # --- /dashboard/histograms ------------------------------------------------------------------

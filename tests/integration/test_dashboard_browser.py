@@ -117,13 +117,22 @@ def _config(page: Any) -> dict[str, Any]:
     return dict(json.loads(page.evaluate("() => fetch('/dashboard/config').then(r => r.text())")))
 
 
+@pytest.fixture
+def live_server_real_clock(settings: Settings) -> Iterator[LiveServer]:
+    """Like ``live_server`` with the wall clock: the charts' time axes then look as in use."""
+    from ia_continu.api.app import create_app
+
+    with LiveServer(create_app(settings)) as server:
+        yield server
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_dashboard_drives_a_full_cycle_in_chromium(
-    live_server: LiveServer, open_page: Callable[..., Any]
+    live_server_real_clock: LiveServer, open_page: Callable[..., Any]
 ) -> None:
     from playwright.sync_api import expect
 
-    page = open_page(f"{live_server.url}/dashboard")
+    page = open_page(f"{live_server_real_clock.url}/dashboard")
     console = Console(page)
     config = _config(page)
     page.keyboard.press("Tab")  # keyboard users first reach the skip link

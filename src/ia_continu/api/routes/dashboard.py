@@ -3,6 +3,7 @@ beyond the other routes (its settings, and the feature histograms)."""
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
     from sqlalchemy.engine import Engine
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["dashboard"])
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_PREFIX = "/dashboard/static"
@@ -108,12 +110,14 @@ def dashboard_config(request: Request) -> DashboardConfig:
 
 
 def _served_routes(app: FastAPI) -> set[tuple[str, str]]:
-    served: set[tuple[str, str]] = set()
-    for route in app.routes:
-        path = str(getattr(route, "path", ""))
-        for method in getattr(route, "methods", None) or ():
-            served.add((str(method), path))
-    return served
+    # The OpenAPI document (built once, then cached by FastAPI) is the public list of
+    # routes: app.routes holds included routers as opaque wrappers in recent FastAPI.
+    try:
+        paths = app.openapi().get("paths", {})
+    except Exception as exc:  # the page then tries every route and handles the 404s
+        log.warning("cannot list the API's routes for the dashboard: %s", exc)
+        return {(method, path) for method, path in _OPTIONAL_ROUTES.values()}
+    return {(method.upper(), path) for path, ops in paths.items() for method in ops}
 
 
 def _api_keys_configured(settings: Settings) -> bool:

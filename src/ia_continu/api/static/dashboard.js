@@ -403,7 +403,7 @@
     }
     if (rows.length && pad) {
       const span = rows[rows.length - 1].x - rows[0].x;
-      const margin = Math.max(span * 0.04, 120);
+      const margin = span >= 60 ? span * 0.05 : 60;
       rows.unshift(Object.assign({ x: rows[0].x - margin }, pad.left || {}));
       rows.push(Object.assign({ x: rows[rows.length - 1].x + margin }, pad.right || {}));
     }
@@ -531,6 +531,7 @@
     const runs = (state.runs || []).slice().reverse().filter((r) => r.drift);
     const ksRows = [];
     const psiRows = [];
+    let firstCrit = null;
     let lastCrit = null;
     for (const r of runs) {
       const x = toSeconds(r.started_at);
@@ -539,11 +540,17 @@
       const champion = byVersion.get(r.champion_version);
       const n = champion ? (champion.training_samples || 0) + (champion.test_samples || 0) : r.batch_samples;
       const crit = ksCritical(thr.drift_p_value, n, r.batch_samples || n);
-      if (crit !== null) lastCrit = crit;
+      if (crit !== null) {
+        if (firstCrit === null) firstCrit = crit;
+        lastCrit = crit;
+      }
       ksRows.push({ x, f1: f1.ks_statistic, f2: f2.ks_statistic, crit });
       psiRows.push({ x, f1: f1.psi, f2: f2.psi, thr: thr.psi_threshold });
     }
-    const ks = toColumns(ksRows, ["f1", "f2", "crit"], { right: { crit: lastCrit } });
+    const ks = toColumns(ksRows, ["f1", "f2", "crit"], {
+      left: { crit: firstCrit },
+      right: { crit: lastCrit },
+    });
     const psi = toColumns(psiRows, ["f1", "f2", "thr"], {
       left: { thr: thr.psi_threshold },
       right: { thr: thr.psi_threshold },
