@@ -192,6 +192,16 @@ def test_dashboard_drives_a_full_cycle_in_chromium(
     if config["endpoints"]["predictions_timeseries"]:
         _wait_points(page, "chart-traffic", more_than=0)
 
+    # 6. roll back to v1, where this API serves it
+    if config["endpoints"]["rollback"]:
+        if page.locator("#models-table tbody tr").count() < 2:
+            page.click("#btn-retrain")
+            _status(page, r"Model v2 trained")
+        page.click("#models-table button[data-version=v1]")
+        _status(page, r"Rolled back: v1 is now the champion")
+        expect(page.locator("#kpi-champion")).to_have_text("v1")
+        expect(page.locator("#models-table button[data-version=v1]")).to_be_disabled()
+
     # Every form control has a label.
     unlabelled = page.evaluate(
         "() => [...document.querySelectorAll('input, select')]"

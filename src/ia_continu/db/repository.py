@@ -276,13 +276,18 @@ def load_feature_sample(
     if get_dataset_record(engine, generation_id) is None:
         return None
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(dataset_samples.c.feature1, dataset_samples.c.feature2)
-            .where(dataset_samples.c.generation_id == generation_id)
-            .order_by(dataset_samples.c.id)
-            .limit(limit)
-        ).all()
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+        # The driver's cursor returns plain tuples: numpy converting SQLAlchemy Row objects
+        # probes each one for array attributes (~0.8 s for 10,000 rows instead of ~30 ms).
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(
+                "SELECT feature1, feature2 FROM dataset_samples "
+                f"WHERE generation_id = {int(generation_id)} ORDER BY id LIMIT {int(limit)}"
+            )
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
 
 # --- models ----------------------------------------------------------------------------

@@ -658,8 +658,8 @@
         axes: [timeAxis(), axis("predictions " + perBucket, (u, t) => t.map((v) => (Number.isInteger(v) ? String(v) : "")))],
         series: [
           {},
-          line("class 0", C.blue, { paths: stepped(), fill: "rgba(0,114,178,0.12)", value: (u, v) => (isNum(v) ? String(v) : "—") }),
-          line("class 1", C.red, { paths: stepped(), fill: "rgba(213,94,0,0.12)", value: (u, v) => (isNum(v) ? String(v) : "—") }),
+          line("class 0", C.blue, { paths: stepped(), points: { show: false }, fill: "rgba(0,114,178,0.12)", value: (u, v) => (isNum(v) ? String(v) : "—") }),
+          line("class 1", C.red, { paths: stepped(), points: { show: false }, fill: "rgba(213,94,0,0.12)", value: (u, v) => (isNum(v) ? String(v) : "—") }),
           ...versions.map((v, i) =>
             line("model " + v, VERSION_COLORS[i % VERSION_COLORS.length], {
               dash: [5, 3],
