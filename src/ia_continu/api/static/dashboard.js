@@ -961,8 +961,18 @@
 
   function schedule() {
     clearTimeout(timer);
-    if (!paused) timer = setTimeout(refresh, state.config.refresh_seconds * 1000);
+    if (!paused) timer = setTimeout(tick, state.config.refresh_seconds * 1000);
   }
+
+  // A hidden tab asks nothing; it catches up as soon as it is shown again.
+  function tick() {
+    if (document.hidden) schedule();
+    else refresh();
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && !paused) refresh();
+  });
 
   /* One refresh at a time; a refresh asked for during another runs right after it, so an
    * action's result is never hidden by an older, slower answer. */
