@@ -261,3 +261,30 @@ def run_url(settings: Settings, *, experiment_id: str, run_id: str) -> str:
     """Link to a run in the MLflow UI."""
     base = settings.mlflow_ui_url.rstrip("/")
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def get_experiment_id(settings: Settings) -> str:
+    """The id of the configured experiment (created if missing), for run links."""
+    check_tracking_server(settings)
+    try:
+        with _lock:
+            client = _client(settings)
+            return _experiment_id(client, settings.mlflow_experiment, settings.mlflow_tracking_uri)
+    except Exception as exc:
+        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+
+
+def delete_model_alias(*, settings: Settings, alias: str) -> None:
+    """Remove ``alias`` from the registered model (no error when it is not set)."""
+    check_tracking_server(settings)
+    try:
+        with _lock:
+            client = _client(settings)
+            try:
+                client.delete_registered_model_alias(settings.model_name, alias)
+            except Exception as exc:
+                if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+                    return
+                raise
+    except Exception as exc:
+        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc

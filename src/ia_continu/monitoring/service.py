@@ -1,0 +1,586 @@
+"""One monitoring run of the continuous-learning loop, step by step.
+
+Each step is a plain blocking function with keyword-only arguments and small return
+values, so that the Prefect flow can wrap each in a task and the API (which never
+imports Prefect) can call them directly. ``execute_run`` is the one sequence of steps
+both use; it receives a ``run_step`` that decides how a step is executed.
+
+A run: health of the API -> fresh labelled batch -> the champion's metrics on it ->
+drift against the champion's training data (and live traffic) -> decision -> maybe a
+challenger, promoted only if it beats the champion on its own held-out rows -> MLflow
+-> the monitoring_runs row -> Discord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import httpx
+from sqlalchemy.engine import Engine
+
+from ia_continu.config import Settings
+from ia_continu.db import repository as repo
+from ia_continu.ml.evaluate import Metrics, compute_metrics
+from ia_continu.monitoring import checks
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# How a step is executed: ``await run_step(fn, **kwargs)`` returns ``fn(**kwargs)``.
+StepRunner = Callable[..., Awaitable[Any]]
+LIVE_WINDOW = 10_000  # newest logged predictions compared with the reference at most
+HEALTH_TIMEOUT = 5.0
+
+
+class ApiUnavailableError(RuntimeError):
+    """The API's /health did not answer 200."""
+
+
+class NoChampionDataError(LookupError):
+    """The champion cannot be evaluated (no stored parameters)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """Optional overrides: a fresh batch of ``hour`` (and/or ``samples`` rows) is
+    generated instead of looking for data that arrived since the last run."""
+
+    hour: int | None = None
+    samples: int | None = None
+
+    @property
+    def forces_batch(self) -> bool:
+        return self.hour is not None or self.samples is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRef:
+    generation_id: int
+    hour: int
+    samples: int
+    source: str
+    generated: bool  # True when this run generated it (no fresh data had arrived)
+
+
+@dataclass(frozen=True, slots=True)
+class ChampionCheck:
+    version: str
+    reference_accuracy: float  # its own held-out accuracy, measured at training
+    metrics: Metrics  # on the fresh batch
+    generation_id: int | None  # the data it was trained on
+
+
+@dataclass(frozen=True, slots=True)
+class DriftCheck:
+    drift: checks.DriftReport | None
+    live_drift: checks.DriftReport | None
+    live_samples: int
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengerOutcome:
+    version: str
+    accuracy: float  # on its own held-out rows
+    champion_accuracy_on_holdout: float | None  # the champion on those same rows
+    promote: bool
+    run_id: str
+    experiment_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MlflowLink:
+    run_id: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    run: repo.MonitoringRunRecord  # as stored
+    mlflow_url: str | None  # link to the run's MLflow run, for the notification
+    notified: bool | None  # None when the caller sends the notification itself
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def check_api_health(*, api_url: str, timeout: float = HEALTH_TIMEOUT) -> None:
+    """GET {api_url}/health; raises ApiUnavailableError unless it answers 200."""
+    url = f"{api_url.rstrip('/')}/health"
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ApiUnavailableError(f"API unreachable at {url}: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        raise ApiUnavailableError(f"API health {url} answered {response.status_code}")
+
+
+def local_hour(now: datetime, timezone: str) -> int:
+    """The hour the seed's drift rule uses (same as /generate)."""
+    local = now.astimezone(ZoneInfo(timezone)) if timezone else now.astimezone()
+    return local.hour
+
+
+def find_fresh_batch(
+    *, settings: Settings, engine: Engine, request: RunRequest, now: datetime
+) -> BatchRef:
+    """The newest dataset that arrived since the last monitoring run (other than the
+    champion's own training data); if none, generate a batch as /generate would."""
+    if not request.forces_batch:
+        after = repo.get_last_monitored_generation_id(engine) or 0
+        champion = repo.get_active_model(engine)
+        trained_on = champion.generation_id if champion else None
+        fresh = [
+            d for d in repo.list_datasets_since(engine, after) if d.generation_id != trained_on
+        ]
+        if fresh:
+            newest = fresh[-1]
+            return BatchRef(
+                generation_id=newest.generation_id,
+                hour=newest.hour_generated,
+                samples=newest.samples_count,
+                source=newest.source,
+                generated=False,
+            )
+    return generate_batch(
+        engine=engine,
+        hour=request.hour if request.hour is not None else local_hour(now, settings.timezone),
+        samples=request.samples or settings.monitor_batch_size,
+        now=now,
+    )
+
+
+def generate_batch(
+    *,
+    engine: Engine,
+    hour: int,
+    samples: int,
+    now: datetime,
+    seed: int | None = None,
+    source: str = "monitor",
+) -> BatchRef:
+    """Generate and store a labelled batch (same generator and tables as /generate)."""
+    from ia_continu.ml.data import generate_dataset
+
+    seed = secrets.randbits(63) if seed is None else seed  # stored: the batch can be redrawn
+    dataset = generate_dataset(samples, hour=hour, seed=seed)
+    record = repo.insert_dataset(engine, dataset, created_at=now, seed=seed, source=source)
+    return BatchRef(
+        generation_id=record.generation_id,
+        hour=hour,
+        samples=record.samples_count,
+        source=source,
+        generated=True,
+    )
+
+
+def evaluate_champion(*, engine: Engine, batch: BatchRef) -> ChampionCheck | None:
+    """The active model's accuracy, precision, recall and F1 on the batch (None when
+    no model is active yet)."""
+    from ia_continu.ml.lifecycle import model_from_record
+
+    record = repo.get_active_model(engine)
+    if record is None:
+        return None
+    model = model_from_record(record)
+    dataset = _load(engine, batch.generation_id)
+    predicted, _ = model.predict_batch(dataset.features)
+    return ChampionCheck(
+        version=record.version,
+        reference_accuracy=record.accuracy,
+        metrics=compute_metrics(dataset.target, predicted),
+        generation_id=record.generation_id,
+    )
+
+
+def compute_drift(
+    *,
+    settings: Settings,
+    engine: Engine,
+    champion: ChampionCheck,
+    batch: BatchRef,
+    live_since: datetime | None = None,
+) -> DriftCheck:
+    """KS and PSI per feature: the champion's training data against the batch, and
+    against the live inputs logged by /predict when at least min_live_predictions exist."""
+    reference = (
+        repo.load_dataset(engine, champion.generation_id)
+        if champion.generation_id is not None
+        else None
+    )
+    if reference is None or len(reference) == 0:
+        return DriftCheck(
+            drift=None,
+            live_drift=None,
+            live_samples=0,
+            note=f"no training data stored for {champion.version}: drift not measured",
+        )
+    current = _load(engine, batch.generation_id)
+    drift = checks.compute_drift_report(reference.features, current.features)
+    live = repo.load_live_features(engine, since=live_since, limit=LIVE_WINDOW)
+    live_drift = None
+    if len(live) >= settings.min_live_predictions:
+        live_drift = checks.compute_drift_report(reference.features, live)
+    return DriftCheck(drift=drift, live_drift=live_drift, live_samples=len(live))
+
+
+def decide(
+    *, settings: Settings, champion: ChampionCheck, drift: DriftCheck
+) -> checks.RetrainDecision:
+    """The retrain rule on the labelled batch (live drift is reported, not decisive:
+    the challenger can only learn from labelled rows)."""
+    return checks.decide_retrain(
+        accuracy=champion.metrics.accuracy,
+        reference_accuracy=champion.reference_accuracy,
+        drift=drift.drift,
+        max_accuracy_drop=settings.max_accuracy_drop,
+        min_accuracy=settings.min_accuracy,
+        drift_p_value=settings.drift_p_value,
+        psi_threshold=settings.psi_threshold,
+    )
+
+
+def train_challenger(
+    *,
+    settings: Settings,
+    engine: Engine,
+    batch: BatchRef,
+    champion_version: str | None,
+    now: datetime,
+) -> ChallengerOutcome:
+    """Train on the batch exactly as /retrain does (MLflow run, registered version) with
+    the alias ``challenger``, then score the champion on the challenger's held-out rows."""
+    from ia_continu.ml import lifecycle
+
+    outcome = lifecycle.retrain(
+        settings=settings,
+        engine=engine,
+        generation_id=batch.generation_id,
+        activate=False,
+        now=now,
+        run_prefix="retrain",
+    )
+    accuracy = outcome.result.metrics.accuracy
+    champion_accuracy: float | None = None
+    promote = True  # no champion: the first model is served
+    if champion_version is not None:
+        record = repo.get_model(engine, champion_version)
+        if record is None:
+            raise lifecycle.UnknownModelError(f"champion {champion_version} disappeared")
+        champion_model = lifecycle.model_from_record(record)
+        predicted, _ = champion_model.predict_batch(outcome.result.x_test)
+        champion_accuracy = compute_metrics(outcome.result.y_test, predicted).accuracy
+        promote = checks.should_promote(
+            challenger_accuracy=accuracy,
+            champion_accuracy=champion_accuracy,
+            margin=settings.promotion_margin,
+        )
+    return ChallengerOutcome(
+        version=outcome.record.version,
+        accuracy=accuracy,
+        champion_accuracy_on_holdout=champion_accuracy,
+        promote=promote,
+        run_id=outcome.run_id,
+        experiment_id=outcome.experiment_id,
+    )
+
+
+def promote_challenger(*, settings: Settings, engine: Engine, version: str) -> None:
+    """Make the challenger the champion: MLflow alias, active row (every API process
+    serves it within its refresh interval), and drop its ``challenger`` alias."""
+    from ia_continu.ml import lifecycle, registry
+
+    lifecycle.activate_version(settings=settings, engine=engine, version=version)
+    try:
+        registry.delete_model_alias(settings=settings, alias=registry.CHALLENGER)
+    except registry.RegistryUnavailableError as exc:  # cosmetic: the promotion is done
+        log.warning("could not remove the challenger alias: %s", exc)
+
+
+def log_run_metrics(
+    *, settings: Settings, run: repo.MonitoringRunRecord, now: datetime
+) -> MlflowLink:
+    """The run's figures as an MLflow run in the project's experiment."""
+    from ia_continu.ml import registry
+
+    metrics: dict[str, float] = {
+        "drift_detected": float(run.drift_detected),
+        "retrained": float(run.new_version is not None),
+        "promoted": float(run.decision == "promoted"),
+        "failed": float(run.status == "failed"),
+    }
+    for name in (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1_score",
+        "reference_accuracy",
+        "new_accuracy",
+        "champion_accuracy_on_holdout",
+        "duration_seconds",
+        "batch_samples",
+    ):
+        value = getattr(run, name)
+        if value is not None:
+            metrics[name] = float(value)
+    for prefix, report in (("", run.drift), ("live_", run.live_drift)):
+        for feature, stats in (report or {}).items():
+            for stat, value in stats.items():
+                metrics[f"{prefix}{stat}_{feature}"] = float(value)
+    params = {
+        "status": run.status,
+        "decision": run.decision,
+        "champion_version": run.champion_version,
+        "new_version": run.new_version,
+        "generation_id": run.generation_id,
+        "hour_generated": run.hour_generated,
+        "flow_run_id": run.flow_run_id,
+        "reason": (run.reason or "")[:500],
+    }
+    run_id = registry.log_monitoring_metrics(
+        settings=settings,
+        run_name=f"monitoring_{now:%Y%m%d_%H%M%S}",
+        metrics=metrics,
+        params={k: v for k, v in params.items() if v not in (None, "")},
+        now=now,
+    )
+    experiment_id = registry.get_experiment_id(settings)
+    return MlflowLink(
+        run_id=run_id, url=registry.run_url(settings, experiment_id=experiment_id, run_id=run_id)
+    )
+
+
+def record_run(*, engine: Engine, run: repo.MonitoringRunRecord) -> repo.MonitoringRunRecord:
+    return repo.insert_monitoring_run(engine, run)
+
+
+def notify_run(
+    *, settings: Settings, run: repo.MonitoringRunRecord, mlflow_url: str | None
+) -> bool:
+    """Send the run's Discord embed; True when delivered. Never raises."""
+    from ia_continu.notify import discord
+
+    try:
+        embed = discord.build_run_embed(run_to_dict(run), mlflow_url=mlflow_url)
+        return discord.send_embed(settings=settings, embed=embed).sent
+    except Exception as exc:  # a notification never changes the run
+        log.warning("notification skipped: %s: %s", type(exc).__name__, exc)
+        return False
+
+
+def run_to_dict(run: repo.MonitoringRunRecord) -> dict[str, Any]:
+    return asdict(run)
+
+
+def _load(engine: Engine, generation_id: int) -> Any:
+    dataset = repo.load_dataset(engine, generation_id)
+    if dataset is None:
+        raise LookupError(f"generation_id {generation_id} does not exist")
+    return dataset
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+
+async def run_in_thread(fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """The step runner without an orchestrator: each blocking step in a worker thread."""
+    return await asyncio.to_thread(fn, **kwargs)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def execute_run(
+    *,
+    settings: Settings,
+    engine: Engine,
+    request: RunRequest | None = None,
+    run_step: StepRunner = run_in_thread,
+    check_health: bool = True,
+    notify: bool = True,
+    flow_run_id: str | None = None,
+    clock: Callable[[], datetime] = _utcnow,
+) -> RunOutcome:
+    """Run every step once and return the stored run. A failing step (after the
+    runner's retries) ends the run as ``failed``, recorded and notified, not raised;
+    only a failure to record the run itself propagates. With ``notify=False`` the
+    caller sends the notification (e.g. after answering an HTTP request)."""
+    request = request or RunRequest()
+    started_at = clock()
+    t0 = time.perf_counter()
+    previous = repo.get_latest_monitoring_run(engine)
+    run = repo.MonitoringRunRecord(
+        started_at=started_at, status="failed", decision="failed", flow_run_id=flow_run_id
+    )
+    try:
+        if check_health:
+            await run_step(check_api_health, api_url=settings.api_url)
+        batch: BatchRef = await run_step(
+            find_fresh_batch, settings=settings, engine=engine, request=request, now=clock()
+        )
+        run = replace(
+            run,
+            generation_id=batch.generation_id,
+            batch_samples=batch.samples,
+            hour_generated=batch.hour,
+        )
+        champion: ChampionCheck | None = await run_step(
+            evaluate_champion, engine=engine, batch=batch
+        )
+        if champion is None:
+            run = await _bootstrap(
+                run, run_step, settings=settings, engine=engine, batch=batch, clock=clock
+            )
+        else:
+            run = await _monitor(
+                run,
+                run_step,
+                settings=settings,
+                engine=engine,
+                batch=batch,
+                champion=champion,
+                live_since=previous.started_at if previous else None,
+                clock=clock,
+            )
+    except Exception as exc:
+        log.warning("monitoring run failed: %s: %s", type(exc).__name__, exc)
+        run = replace(run, status="failed", decision="failed", error=_describe(exc))
+
+    run = replace(run, duration_seconds=time.perf_counter() - t0)
+    link: MlflowLink | None = None
+    try:
+        link = await run_step(log_run_metrics, settings=settings, run=run, now=clock())
+        run = replace(run, mlflow_run_id=link.run_id)
+    except Exception as exc:  # the decision stands; the run says what was not logged
+        log.warning("monitoring metrics not logged to MLflow: %s", exc)
+        note = f"MLflow logging failed: {_describe(exc)}"
+        run = replace(run, error=f"{run.error}; {note}" if run.error else note)
+    run = replace(run, finished_at=clock(), duration_seconds=time.perf_counter() - t0)
+    mlflow_url = link.url if link else None
+    try:
+        run = await run_step(record_run, engine=engine, run=run)
+    except Exception as exc:  # say so on Discord before giving up
+        note = f"run not recorded: {_describe(exc)}"
+        unrecorded = replace(
+            run, status="failed", error=f"{run.error}; {note}" if run.error else note
+        )
+        if notify:
+            await run_step(notify_run, settings=settings, run=unrecorded, mlflow_url=mlflow_url)
+        raise
+    notified: bool | None = None
+    if notify:
+        notified = await run_step(notify_run, settings=settings, run=run, mlflow_url=mlflow_url)
+    log.info(
+        "monitoring run %s: status=%s decision=%s champion=%s new=%s in %.2f s",
+        run.id,
+        run.status,
+        run.decision,
+        run.champion_version,
+        run.new_version,
+        run.duration_seconds or 0.0,
+    )
+    return RunOutcome(run=run, mlflow_url=mlflow_url, notified=notified)
+
+
+async def _bootstrap(
+    run: repo.MonitoringRunRecord,
+    run_step: StepRunner,
+    *,
+    settings: Settings,
+    engine: Engine,
+    batch: BatchRef,
+    clock: Callable[[], datetime],
+) -> repo.MonitoringRunRecord:
+    """No model is served yet: the batch trains the first champion."""
+    challenger: ChallengerOutcome = await run_step(
+        train_challenger,
+        settings=settings,
+        engine=engine,
+        batch=batch,
+        champion_version=None,
+        now=clock(),
+    )
+    await run_step(promote_challenger, settings=settings, engine=engine, version=challenger.version)
+    return replace(
+        run,
+        status="ok",
+        decision="promoted",
+        reason="no champion yet: the first model was trained on this batch",
+        new_version=challenger.version,
+        new_accuracy=challenger.accuracy,
+    )
+
+
+async def _monitor(
+    run: repo.MonitoringRunRecord,
+    run_step: StepRunner,
+    *,
+    settings: Settings,
+    engine: Engine,
+    batch: BatchRef,
+    champion: ChampionCheck,
+    live_since: datetime | None,
+    clock: Callable[[], datetime],
+) -> repo.MonitoringRunRecord:
+    m = champion.metrics
+    run = replace(
+        run,
+        champion_version=champion.version,
+        reference_accuracy=champion.reference_accuracy,
+        accuracy=m.accuracy,
+        precision=m.precision,
+        recall=m.recall,
+        f1_score=m.f1_score,
+    )
+    drift: DriftCheck = await run_step(
+        compute_drift,
+        settings=settings,
+        engine=engine,
+        champion=champion,
+        batch=batch,
+        live_since=live_since,
+    )
+    decision = decide(settings=settings, champion=champion, drift=drift)
+    reasons = [decision.reason] + ([drift.note] if drift.note else [])
+    run = replace(
+        run,
+        drift=checks.report_to_dict(drift.drift),
+        live_drift=checks.report_to_dict(drift.live_drift),
+        drift_detected=decision.drift_detected,
+        status="drift" if decision.retrain else "ok",
+        decision="none",
+        reason="; ".join(reasons),
+    )
+    if not decision.retrain:
+        return run
+    challenger: ChallengerOutcome = await run_step(
+        train_challenger,
+        settings=settings,
+        engine=engine,
+        batch=batch,
+        champion_version=champion.version,
+        now=clock(),
+    )
+    run = replace(
+        run,
+        new_version=challenger.version,
+        new_accuracy=challenger.accuracy,
+        champion_accuracy_on_holdout=challenger.champion_accuracy_on_holdout,
+    )
+    if not challenger.promote:
+        return replace(run, decision="kept_champion")
+    await run_step(promote_challenger, settings=settings, engine=engine, version=challenger.version)
+    return replace(run, decision="promoted")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
