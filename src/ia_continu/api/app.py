@@ -70,6 +70,10 @@ def create_app(
     from ia_continu.api.routes import core
 
     app.include_router(core.router)
+
+    from ia_continu.api.routes import monitoring
+
+    app.include_router(monitoring.router)
     _install_dashboard(app)
     return app
 

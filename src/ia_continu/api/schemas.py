@@ -171,3 +171,62 @@ class HistogramsResponse(BaseModel):
     reference: HistogramDataset | None = Field(description="the champion's training dataset")
     latest: HistogramDataset | None = Field(description="the most recent dataset")
     features: dict[str, FeatureHistogramInfo]
+
+
+# --- monitoring (continuous-learning loop) ------------------------------------------------
+
+
+class FeatureDriftInfo(BaseModel):
+    ks_statistic: float
+    ks_p_value: float
+    psi: float
+
+
+class MonitoringRunRequest(_Strict):
+    hour: int | None = Field(
+        None, ge=0, le=23, description="force a fresh batch generated as at this hour"
+    )
+    samples: int | None = Field(
+        None, ge=MIN_SAMPLES, le=MAX_SAMPLES, description="force a fresh batch of this size"
+    )
+
+
+class MonitoringRun(BaseModel):
+    id: int
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    status: Literal["ok", "drift", "failed"]
+    champion_version: str | None
+    generation_id: int | None
+    batch_samples: int | None
+    hour_generated: int | None
+    reference_accuracy: float | None = Field(description="the champion's own held-out accuracy")
+    accuracy: float | None = Field(description="the champion on the fresh batch")
+    precision: float | None
+    recall: float | None
+    f1_score: float | None
+    drift: dict[str, FeatureDriftInfo] | None = Field(
+        description="champion's training data vs the batch, per feature"
+    )
+    live_drift: dict[str, FeatureDriftInfo] | None = Field(
+        description="champion's training data vs logged /predict inputs (when enough)"
+    )
+    drift_detected: bool
+    decision: Literal["none", "promoted", "kept_champion", "failed"]
+    reason: str | None
+    new_version: str | None
+    new_accuracy: float | None = Field(description="the challenger on its held-out rows")
+    champion_accuracy_on_holdout: float | None = Field(
+        description="the champion on the challenger's held-out rows"
+    )
+    mlflow_run_id: str | None
+    flow_run_id: str | None
+    error: str | None
+
+
+class MonitoringHistory(BaseModel):
+    items: list[MonitoringRun]
+    total: int
+    limit: int
+    offset: int
