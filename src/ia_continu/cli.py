@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -113,6 +113,312 @@ def up(
         run_stack(
             settings, mlflow_port=mlflow_port, mlflow_dir=mlflow_dir, with_prefect=with_prefect
         )
+    )
+
+
+# --- continuous-learning loop: monitor run / monitor serve / simulate ------------------------
+
+monitor_app = typer.Typer(help="The monitoring flow (Prefect): drift, retrain, promote.")
+app.add_typer(monitor_app, name="monitor", no_args_is_help=True)
+
+
+def _use_prefect_server(settings: Settings) -> str:
+    """Point Prefect at the configured server when it answers (before importing it);
+    otherwise Prefect runs the flow against a temporary local server."""
+    import os
+
+    import httpx
+
+    if os.environ.get("PREFECT_API_URL"):
+        return f"Prefect server {os.environ['PREFECT_API_URL']}"
+    url = settings.prefect_api_url.rstrip("/")
+    try:
+        if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+            os.environ["PREFECT_API_URL"] = url
+            return f"Prefect server {url}"
+    except httpx.HTTPError:
+        pass
+    return f"no Prefect server at {url}: a temporary local one records this run"
+
+
+@monitor_app.command("run")
+def monitor_run(
+    hour: Annotated[
+        int | None,
+        typer.Option(min=0, max=23, help="generate a fresh batch as at this hour (0-23)"),
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(min=100, max=100_000, help="rows of that fresh batch")
+    ] = None,
+    in_process: Annotated[
+        bool, typer.Option("--in-process", help="run the steps without Prefect")
+    ] = False,
+) -> None:
+    """Run one monitoring run now (a Prefect flow run) and print its outcome."""
+    import asyncio
+    import os
+
+    from rich.console import Console
+
+    settings = _settings()
+    # Prefect prints the flow's and tasks' progress with its own handler.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ia_continu")
+    console = Console()
+    if in_process:
+        from ia_continu.db.engine import create_db_engine
+        from ia_continu.db.migrate import upgrade_database
+        from ia_continu.monitoring import service
+
+        engine = create_db_engine(settings.resolved_database_url)
+        upgrade_database(engine)
+        try:
+            outcome = asyncio.run(
+                service.execute_run(
+                    settings=settings,
+                    engine=engine,
+                    request=service.RunRequest(hour=hour, samples=samples),
+                )
+            )
+        finally:
+            engine.dispose()
+        run, url = outcome.run, outcome.mlflow_url
+    else:
+        console.print(f"[dim]{_use_prefect_server(settings)}[/dim]")
+        from ia_continu.db import repository as repo
+        from ia_continu.monitoring.flows import flow_settings, monitoring_flow
+
+        with flow_settings(settings):
+            state: Any = asyncio.run(
+                monitoring_flow(hour=hour, samples=samples, return_state=True)  # type: ignore[arg-type]
+            )
+        from ia_continu.db.engine import create_db_engine
+
+        engine = create_db_engine(settings.resolved_database_url)
+        try:
+            latest = repo.get_latest_monitoring_run(engine)
+        finally:
+            engine.dispose()
+        flow_run_id = str(state.state_details.flow_run_id)
+        if latest is None or latest.flow_run_id != flow_run_id:
+            console.print(f"[red]flow run {flow_run_id} ended {state.name}: {state.message}[/red]")
+            raise typer.Exit(1)
+        run, url = latest, None
+        if run.mlflow_run_id:
+            from ia_continu.ml import registry
+
+            try:
+                url = registry.run_url(
+                    settings,
+                    experiment_id=registry.get_experiment_id(settings),
+                    run_id=run.mlflow_run_id,
+                )
+            except registry.RegistryUnavailableError:
+                url = None
+    console.print(_run_table(run, mlflow_url=url))
+    raise typer.Exit(1 if run.status == "failed" else 0)
+
+
+def _run_table(run: object, *, mlflow_url: str | None) -> object:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    data = asdict(run)  # type: ignore[call-overload]
+    colour = {"ok": "green", "drift": "dark_orange", "failed": "red"}.get(data["status"], "white")
+    table = Table(title=f"Monitoring run {data['id']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+
+    def fmt(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    table.add_row("status", f"[{colour}]{data['status']}[/{colour}]")
+    table.add_row("decision", str(data["decision"]))
+    table.add_row("reason", fmt(data["reason"]))
+    table.add_row("champion", fmt(data["champion_version"]))
+    table.add_row(
+        "batch",
+        f"generation {fmt(data['generation_id'])}, hour {fmt(data['hour_generated'])}, "
+        f"{fmt(data['batch_samples'])} rows",
+    )
+    table.add_row("champion held-out accuracy", fmt(data["reference_accuracy"]))
+    table.add_row(
+        "champion on batch",
+        f"accuracy {fmt(data['accuracy'])}  precision {fmt(data['precision'])}  "
+        f"recall {fmt(data['recall'])}  f1 {fmt(data['f1_score'])}",
+    )
+    for label, key in (("drift (training vs batch)", "drift"), ("drift (vs live)", "live_drift")):
+        report = data[key]
+        if not report:
+            table.add_row(label, "-")
+            continue
+        table.add_row(
+            label,
+            "\n".join(
+                f"{name}: KS {d['ks_statistic']:.3f}  p {d['ks_p_value']:.2e}  PSI {d['psi']:.3f}"
+                for name, d in report.items()
+            ),
+        )
+    table.add_row("drift detected", "yes" if data["drift_detected"] else "no")
+    table.add_row(
+        "challenger",
+        "-"
+        if data["new_version"] is None
+        else f"{data['new_version']}: {fmt(data['new_accuracy'])} vs champion "
+        f"{fmt(data['champion_accuracy_on_holdout'])} on its held-out rows",
+    )
+    table.add_row("duration", f"{fmt(data['duration_seconds'])} s")
+    table.add_row("MLflow run", mlflow_url or fmt(data["mlflow_run_id"]))
+    table.add_row("Prefect flow run", fmt(data["flow_run_id"]))
+    if data["error"]:
+        table.add_row("error", f"[red]{data['error']}[/red]")
+    return table
+
+
+@monitor_app.command("serve")
+def monitor_serve(
+    interval: Annotated[
+        int | None, typer.Option(min=10, help="seconds between runs (IA_MONITOR_INTERVAL)")
+    ] = None,
+    run_now: Annotated[bool, typer.Option(help="first run right away")] = True,
+) -> None:
+    """Serve the monitoring flow on a schedule (Prefect deployment "ia-continu-monitoring")."""
+    import os
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ia_continu")
+    print(_use_prefect_server(settings), flush=True)
+    # Prefect polls its server every few seconds: httpx would log each request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from ia_continu.monitoring.flows import serve_monitoring
+
+    serve_monitoring(interval=interval or settings.monitor_interval, run_now=run_now)
+
+
+@app.command()
+def simulate(
+    hours: Annotated[int, typer.Option(min=1, max=24 * 14, help="simulated hours")] = 24,
+    batch: Annotated[
+        int, typer.Option(min=100, max=100_000, help="labelled rows per hour (and traffic)")
+    ] = 1000,
+    start_hour: Annotated[int, typer.Option(min=0, max=23)] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="reproducible batches and traffic")] = 0,
+    mlflow_uri: Annotated[
+        str,
+        typer.Option(
+            help="MLflow tracking server to log to (experiment/model *_simulation); "
+            "default: a temporary local store"
+        ),
+    ] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object on stdout")] = False,
+) -> None:
+    """Run the loop over simulated hours (parity alternating) on a throw-away database:
+    per hour a labelled batch arrives, the monitoring run decides, then the served model
+    is scored on fresh traffic; compared with a never-retrained model and an oracle."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.basicConfig(level=logging.ERROR)
+    from ia_continu.monitoring.simulate import HourRow, run_simulation
+
+    base = _settings()
+    workdir = Path(tempfile.mkdtemp(prefix="ia-continu-sim-"))
+    settings = base.model_copy(
+        update={
+            "data_dir": workdir / "data",
+            "database_url": f"sqlite:///{workdir / 'simulation.db'}",
+            "mlflow_tracking_uri": mlflow_uri or f"sqlite:///{workdir / 'mlflow.db'}",
+            "mlflow_experiment": f"{base.mlflow_experiment}_simulation",
+            "model_name": f"{base.model_name}_simulation",
+            "discord_webhook_url": None,
+            "timezone": "UTC",
+        }
+    )
+    line = (
+        "{:>4}  {:>8}  {:>9}  {:>7}  {:>8}  {:>6}  {:>5}  {:<18} {:>6}  {:>9}  {:>7}  {:>6}  {:>5}"
+    )
+
+    def num(value: float | None, spec: str = ".3f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    def show(row: HourRow) -> None:
+        if as_json:
+            return
+        decision = row.decision + (f" {row.new_version}" if row.new_version else "")
+        typer.echo(
+            line.format(
+                f"{row.hour:02d}",
+                row.champion_version or "-",
+                num(row.champion_batch_accuracy),
+                num(row.ks_statistic_feature1),
+                num(row.ks_p_value_feature1, ".1e"),
+                num(row.psi_feature1),
+                "yes" if row.drift_detected else "no",
+                decision,
+                row.served_version,
+                num(row.served_accuracy),
+                num(row.never_retrained_accuracy),
+                num(row.oracle_accuracy),
+                num(row.run_seconds, ".2f"),
+            )
+            + (f"  {row.error}" if row.error else "")
+        )
+
+    if not as_json:
+        typer.echo(
+            f"Simulating {hours} h from hour {start_hour:02d}, {batch} labelled rows per hour "
+            f"(odd hours shift feature1); served / never retrained / oracle scored on "
+            f"{batch} rows of fresh traffic of the same hour."
+        )
+        typer.echo(
+            line.format(
+                "hour",
+                "champion",
+                "acc.batch",
+                "KS f1",
+                "p-value",
+                "PSI f1",
+                "drift",
+                "decision",
+                "served",
+                "acc.served",
+                "never",
+                "oracle",
+                "run s",
+            )
+        )
+
+    try:
+        result = run_simulation(
+            settings=settings,
+            hours=hours,
+            batch=batch,
+            start_hour=start_hour,
+            seed=seed,
+            artifact_location=None if mlflow_uri else str(workdir / "artifacts"),
+            on_hour=show,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    s = result.summary
+    typer.echo(
+        f"\nmean accuracy on the traffic over {s.hours} h: served by the loop "
+        f"{s.mean_served_accuracy:.4f} | never retrained {s.mean_never_retrained_accuracy:.4f}"
+        f" | oracle (trained on each hour's batch) {s.mean_oracle_accuracy:.4f}\n"
+        f"{s.retrains} retrains, {s.promotions} promotions, {s.failed_runs} failed runs; "
+        f"{s.mean_run_seconds:.2f} s per monitoring run, {s.total_seconds:.1f} s in all "
+        f"(MLflow: {mlflow_uri or 'temporary local store'})"
     )
 
 

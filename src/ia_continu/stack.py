@@ -69,7 +69,52 @@ def api_service(settings: Settings) -> Service:
 
 def extra_services(settings: Settings) -> list[Service]:
     """Services added by later parts of the stack (Prefect, ...)."""
-    return []
+    return prefect_services(settings)
+
+
+def prefect_services(settings: Settings) -> list[Service]:
+    """The Prefect server (UI and API on the port of IA_PREFECT_API_URL, default 4200)
+    and the monitoring flow served on it every IA_MONITOR_INTERVAL seconds."""
+    from urllib.parse import urlsplit
+
+    api_url = settings.prefect_api_url.rstrip("/")
+    parts = urlsplit(api_url)
+    port = parts.port or 4200
+    host = parts.hostname or "127.0.0.1"
+    env = {
+        # Prefect's database, logs and settings stay under the project's data directory.
+        "PREFECT_HOME": str((settings.data_dir / "prefect").resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "ia_continu",
+    }
+    server = Service(
+        name="prefect",
+        argv=[venv_executable("prefect"), "server", "start", "--host", host, "--port", str(port)],
+        health_url=f"{api_url}/health",
+        ui_url=f"http://localhost:{port}",
+        env=env,
+    )
+    monitor_env = dict(env)
+    if "api_url" not in settings.model_fields_set:  # follow IA_PORT unless told otherwise
+        monitor_env["IA_API_URL"] = f"http://127.0.0.1:{settings.port}"
+    monitor = Service(
+        name="monitoring-flow",
+        argv=[
+            sys.executable,
+            "-m",
+            "ia_continu",
+            "monitor",
+            "serve",
+            "--interval",
+            str(settings.monitor_interval),
+        ],
+        health_url=None,
+        ui_url=f"http://localhost:{port}/deployments",
+        env=monitor_env,
+    )
+    return [server, monitor]
 
 
 def run_stack(

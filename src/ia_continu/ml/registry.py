@@ -288,3 +288,26 @@ def delete_model_alias(*, settings: Settings, alias: str) -> None:
                 raise
     except Exception as exc:
         raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+
+
+def ensure_experiment(settings: Settings, *, artifact_location: str | None = None) -> str:
+    """Create the configured experiment if missing, storing its artifacts at
+    ``artifact_location`` (a local store would otherwise write ./mlruns in the cwd)."""
+    check_tracking_server(settings)
+    try:
+        with _lock:
+            client = _client(settings)
+            key = (settings.mlflow_tracking_uri, settings.mlflow_experiment)
+            experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+            if experiment is not None:
+                experiment_id = str(experiment.experiment_id)
+            else:
+                experiment_id = str(
+                    client.create_experiment(
+                        settings.mlflow_experiment, artifact_location=artifact_location
+                    )
+                )
+            _experiment_ids[key] = experiment_id
+            return experiment_id
+    except Exception as exc:
+        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc

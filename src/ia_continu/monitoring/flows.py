@@ -48,6 +48,12 @@ def flow_settings(settings: Settings) -> Iterator[None]:
         _settings_override.reset(token)
 
 
+def current_settings() -> Settings:
+    """The embedding caller's settings, else the environment's. (A module-level
+    function: the served flow is pickled by value and a ContextVar cannot be.)"""
+    return _settings_override.get() or get_settings()
+
+
 _local = {"persist_result": False, "cache_policy": NO_CACHE}
 _network = {**_local, "retries": NETWORK_RETRIES, "retry_delay_seconds": RETRY_DELAY_SECONDS}
 
@@ -207,7 +213,7 @@ async def monitoring_flow(hour: int | None = None, samples: int | None = None) -
 
     if hour is not None and not 0 <= hour <= 23:
         raise ValueError("hour must be in 0..23")
-    settings = _settings_override.get() or get_settings()
+    settings = current_settings()
     engine = create_db_engine(
         settings.resolved_database_url, busy_timeout_ms=settings.db_busy_timeout_ms
     )
@@ -241,20 +247,23 @@ async def monitoring_flow(hour: int | None = None, samples: int | None = None) -
 
 
 def serve_monitoring(*, interval: float, name: str = DEPLOYMENT_NAME, run_now: bool = True) -> None:
-    """Serve the flow on a schedule (blocks). With ``run_now`` the schedule's anchor is
-    a few seconds from now, so the first run happens right away, then every interval."""
-    from datetime import UTC, timedelta
+    """Serve the flow as deployment ``name`` every ``interval`` seconds (blocks). With
+    ``run_now`` a first run is queued at once instead of one interval later."""
+    from datetime import timedelta
 
+    from prefect import serve
+    from prefect.deployments import run_deployment
     from prefect.deployments.runner import EntrypointType
-    from prefect.schedules import Interval
 
-    anchor = datetime.now(UTC) + timedelta(seconds=5) if run_now else None
-    monitoring_flow.serve(
+    # Prefect's sync/async dual signatures confuse type checkers: plain Any here.
+    deployment: Any = monitoring_flow.to_deployment(
         name=name,
-        schedules=[Interval(timedelta(seconds=interval), anchor_date=anchor)],
+        interval=timedelta(seconds=interval),
         description="Continuous-learning loop: drift detection, retraining, promotion.",
         tags=["ia-continu", "monitoring"],
-        limit=1,  # one run at a time
-        pause_on_shutdown=False,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    if run_now:
+        deployment_id: Any = deployment.apply()
+        run_deployment(deployment_id, timeout=0)  # queued; the runner below executes it
+    serve(deployment, limit=1, pause_on_shutdown=False)  # one run at a time

@@ -415,20 +415,20 @@ async def execute_run(
     only a failure to record the run itself propagates. With ``notify=False`` the
     caller sends the notification (e.g. after answering an HTTP request)."""
     request = request or RunRequest()
-    started_at = clock()
     t0 = time.perf_counter()
-    previous = repo.get_latest_monitoring_run(engine)
-    run = repo.MonitoringRunRecord(
-        started_at=started_at, status="failed", decision="failed", flow_run_id=flow_run_id
+    draft = _Draft(
+        repo.MonitoringRunRecord(
+            started_at=clock(), status="failed", decision="failed", flow_run_id=flow_run_id
+        )
     )
     try:
         if check_health:
             await run_step(check_api_health, api_url=settings.api_url)
+        previous = repo.get_latest_monitoring_run(engine)
         batch: BatchRef = await run_step(
             find_fresh_batch, settings=settings, engine=engine, request=request, now=clock()
         )
-        run = replace(
-            run,
+        draft.update(
             generation_id=batch.generation_id,
             batch_samples=batch.samples,
             hour_generated=batch.hour,
@@ -437,12 +437,12 @@ async def execute_run(
             evaluate_champion, engine=engine, batch=batch
         )
         if champion is None:
-            run = await _bootstrap(
-                run, run_step, settings=settings, engine=engine, batch=batch, clock=clock
+            await _bootstrap(
+                draft, run_step, settings=settings, engine=engine, batch=batch, clock=clock
             )
         else:
-            run = await _monitor(
-                run,
+            await _monitor(
+                draft,
                 run_step,
                 settings=settings,
                 engine=engine,
@@ -451,9 +451,10 @@ async def execute_run(
                 live_since=previous.started_at if previous else None,
                 clock=clock,
             )
-    except Exception as exc:
+    except Exception as exc:  # keeps what was measured before the failure
         log.warning("monitoring run failed: %s: %s", type(exc).__name__, exc)
-        run = replace(run, status="failed", decision="failed", error=_describe(exc))
+        draft.update(status="failed", decision="failed", error=_describe(exc))
+    run = draft.run
 
     run = replace(run, duration_seconds=time.perf_counter() - t0)
     link: MlflowLink | None = None
@@ -491,16 +492,29 @@ async def execute_run(
     return RunOutcome(run=run, mlflow_url=mlflow_url, notified=notified)
 
 
+class _Draft:
+    """The run being built. Steps update it in place, so that a run failing halfway
+    still records what it measured (drift, accuracy, a challenger trained but not
+    promoted)."""
+
+    def __init__(self, run: repo.MonitoringRunRecord) -> None:
+        self.run = run
+
+    def update(self, **changes: Any) -> None:
+        self.run = replace(self.run, **changes)
+
+
 async def _bootstrap(
-    run: repo.MonitoringRunRecord,
+    draft: _Draft,
     run_step: StepRunner,
     *,
     settings: Settings,
     engine: Engine,
     batch: BatchRef,
     clock: Callable[[], datetime],
-) -> repo.MonitoringRunRecord:
+) -> None:
     """No model is served yet: the batch trains the first champion."""
+    draft.update(reason="no champion yet: the first model is trained on this batch")
     challenger: ChallengerOutcome = await run_step(
         train_challenger,
         settings=settings,
@@ -509,19 +523,13 @@ async def _bootstrap(
         champion_version=None,
         now=clock(),
     )
+    draft.update(new_version=challenger.version, new_accuracy=challenger.accuracy)
     await run_step(promote_challenger, settings=settings, engine=engine, version=challenger.version)
-    return replace(
-        run,
-        status="ok",
-        decision="promoted",
-        reason="no champion yet: the first model was trained on this batch",
-        new_version=challenger.version,
-        new_accuracy=challenger.accuracy,
-    )
+    draft.update(status="ok", decision="promoted")
 
 
 async def _monitor(
-    run: repo.MonitoringRunRecord,
+    draft: _Draft,
     run_step: StepRunner,
     *,
     settings: Settings,
@@ -530,10 +538,9 @@ async def _monitor(
     champion: ChampionCheck,
     live_since: datetime | None,
     clock: Callable[[], datetime],
-) -> repo.MonitoringRunRecord:
+) -> None:
     m = champion.metrics
-    run = replace(
-        run,
+    draft.update(
         champion_version=champion.version,
         reference_accuracy=champion.reference_accuracy,
         accuracy=m.accuracy,
@@ -551,17 +558,15 @@ async def _monitor(
     )
     decision = decide(settings=settings, champion=champion, drift=drift)
     reasons = [decision.reason] + ([drift.note] if drift.note else [])
-    run = replace(
-        run,
+    draft.update(
         drift=checks.report_to_dict(drift.drift),
         live_drift=checks.report_to_dict(drift.live_drift),
         drift_detected=decision.drift_detected,
-        status="drift" if decision.retrain else "ok",
-        decision="none",
         reason="; ".join(reasons),
     )
     if not decision.retrain:
-        return run
+        draft.update(status="ok", decision="none")
+        return
     challenger: ChallengerOutcome = await run_step(
         train_challenger,
         settings=settings,
@@ -570,16 +575,16 @@ async def _monitor(
         champion_version=champion.version,
         now=clock(),
     )
-    run = replace(
-        run,
+    draft.update(
         new_version=challenger.version,
         new_accuracy=challenger.accuracy,
         champion_accuracy_on_holdout=challenger.champion_accuracy_on_holdout,
     )
     if not challenger.promote:
-        return replace(run, decision="kept_champion")
+        draft.update(status="drift", decision="kept_champion")
+        return
     await run_step(promote_challenger, settings=settings, engine=engine, version=challenger.version)
-    return replace(run, decision="promoted")
+    draft.update(status="drift", decision="promoted")
 
 
 def _describe(exc: BaseException) -> str:
