@@ -299,8 +299,10 @@ def test_monitoring_flow_api_down_records_failed_run_and_ends_failed(
     assert (run.status, run.decision) == ("failed", "failed")
     assert "ApiUnavailableError" in (run.error or "")
     assert run.generation_id is None  # stopped at step 1: no batch, no retrain
+    assert run.champion_version == champion.version
     assert [m.version for m in repo.list_models(engine)] == [champion.version]
     (embed,) = stub.embeds()
     assert embed["color"] == 0xE74C3C
     fields = _fields(embed)
     assert "failed" in fields["Status"] and "ApiUnavailableError" in fields["Decision"]
+    assert fields["Model version"] == champion.version

@@ -422,6 +422,8 @@ async def execute_run(
         )
     )
     try:
+        # Known even if the run fails at its first step: the embed says what is served.
+        draft.update(champion_version=repo.get_active_version(engine))
         if check_health:
             await run_step(check_api_health, api_url=settings.api_url)
         previous = repo.get_latest_monitoring_run(engine)
