@@ -207,3 +207,16 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
 
     with LiveServer(create_app(settings, clock=lambda: FIXED_NOW)) as server:
         yield server
+
+
+# --- Prefect ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary server and database), once per session (~8 s)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
