@@ -171,7 +171,7 @@ def provision_kuma(
 def describe_connection_failure(exc: BaseException) -> str:
     """The OS-level reason hidden in the client's chained exceptions ("Connection refused")."""
     seen: BaseException | None = exc
-    texts = []
+    texts: list[str] = []
     while seen is not None and len(texts) < 10:
         texts.append(str(seen))
         seen = seen.__cause__ or seen.__context__
