@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # One image for every Python service of compose.yaml: the API (`ia-continu serve`, the
 # default command), the MLflow server (`mlflow server`), the Prefect server
 # (`prefect server start`), the Prefect worker (`ia-continu worker start`) and the
