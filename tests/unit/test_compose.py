@@ -359,7 +359,10 @@ def test_compose_postgres_profile_moves_both_databases() -> None:
         "POSTGRES_PASSWORD": "pw",
         "POSTGRES_DB": example["POSTGRES_DB"],
     }
-    expand = lambda v: VARIABLE.sub(lambda m: env[m.group("name")], v)  # noqa: E731
+
+    def expand(value: str) -> str:
+        return VARIABLE.sub(lambda m: env[m.group("name")], value)
+
     app_url = sa.make_url(expand(example["APP_DATABASE_URL"]))
     mlflow_url = sa.make_url(expand(example["MLFLOW_BACKEND_STORE_URI"]))
     for url in (app_url, mlflow_url):
@@ -483,13 +486,11 @@ def test_dockerfile_healthcheck_command_passes_on_200_and_fails_when_down(
     [health] = [a for i, a in _stages()["runtime"] if i == "HEALTHCHECK"]
     argv = json.loads(health.split(" CMD ", 1)[1])
     assert argv[0] == "python"
-    run = (
-        lambda port: (
-            subprocess.run(  # noqa: E731
-                [sys.executable, *argv[1:]], env={"IA_PORT": str(port)}, capture_output=True
-            ).returncode
-        )
-    )
+
+    def run(port: int) -> int:
+        env = {"IA_PORT": str(port)}
+        return subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True).returncode
+
     assert run(health_server) == 0
     assert run(free_port()) != 0
 
