@@ -98,6 +98,23 @@ class Settings(BaseSettings):
     kuma_ui_url: str = "http://localhost:3001"
     dashboard_refresh_seconds: int = Field(10, ge=1)
 
+    # --- Uptime Kuma provisioning (`ia-continu kuma setup`) -------------------------------
+    # No default account: the credentials come from options or the environment only.
+    kuma_url: str = "http://localhost:3001"
+    kuma_username: str | None = None
+    kuma_password: SecretStr | None = None
+    # The API's base URL as Uptime Kuma reaches it (the compose service name by default).
+    kuma_target_url: str = "http://api:9000"
+    kuma_timeout: float = Field(10.0, gt=0)
+
+    @field_validator("kuma_username", "kuma_password", mode="before")
+    @classmethod
+    def _blank_kuma_credential_means_unset(cls, value: object) -> object:
+        # `IA_KUMA_PASSWORD=` copied from .env.example is "not given", not an empty password.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _check_timezone(cls, value: str) -> str:

@@ -1,0 +1,1 @@
+"""Operations: provisioning of the services around the API (Uptime Kuma, Prefect workers)."""
