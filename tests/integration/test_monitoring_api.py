@@ -42,7 +42,7 @@ def test_monitoring_latest_is_404_before_any_run(client: Any) -> None:
 
 def test_monitoring_run_bootstraps_then_detects_drift_and_promotes(client: Any) -> None:
     # No model yet: the first run trains one on its batch and serves it.
-    first = _run(client, {"hour": 2, "samples": 500})
+    first = _run(client, {"hour": 2, "samples": 500, "seed": 1})
     assert set(first) == RUN_FIELDS
     assert (first["status"], first["decision"]) == ("ok", "promoted")
     assert first["champion_version"] is None and first["new_version"] == "v1"
@@ -50,7 +50,7 @@ def test_monitoring_run_bootstraps_then_detects_drift_and_promotes(client: Any) 
     assert first["flow_run_id"] is None  # in-process, not a Prefect flow run
     assert client.post("/predict", json={"features": [0.1, 0.2]}).json()["model_version"] == "v1"
 
-    same = _run(client, {"hour": 4})
+    same = _run(client, {"hour": 4, "seed": 2})
     assert (same["status"], same["decision"], same["drift_detected"]) == ("ok", "none", False)
     assert same["champion_version"] == "v1"
     assert set(same["drift"]) == {"feature1", "feature2"}
@@ -58,7 +58,7 @@ def test_monitoring_run_bootstraps_then_detects_drift_and_promotes(client: Any) 
     assert same["live_drift"] is None
     assert same["batch_samples"] == client.app.state.ia.settings.monitor_batch_size
 
-    odd = _run(client, {"hour": 5})
+    odd = _run(client, {"hour": 5, "seed": 3})
     assert (odd["status"], odd["decision"], odd["drift_detected"]) == ("drift", "promoted", True)
     assert odd["new_version"] == "v2"
     assert odd["new_accuracy"] >= odd["champion_accuracy_on_holdout"]
@@ -93,7 +93,7 @@ def test_monitoring_run_uses_fresh_generated_data_then_generates(client: Any) ->
 def test_monitoring_run_compares_live_traffic_when_enough_is_logged(client: Any) -> None:
     from ia_continu.ml.data import generate_dataset
 
-    _run(client, {"hour": 2, "samples": 1000})  # champion v1 on even-hour data
+    _run(client, {"hour": 2, "samples": 1000, "seed": 11})  # champion v1 on even-hour data
     engine = client.app.state.ia.engine
     min_live = client.app.state.ia.settings.min_live_predictions
     live = generate_dataset(min_live, hour=3, seed=5)  # odd-hour inputs reach /predict
@@ -112,7 +112,7 @@ def test_monitoring_run_compares_live_traffic_when_enough_is_logged(client: Any)
                 for x1, x2 in live.features
             ],
         )
-    run = _run(client, {"hour": 2})
+    run = _run(client, {"hour": 2, "seed": 12})
     assert run["live_drift"] is not None
     assert run["live_drift"]["feature1"]["ks_p_value"] < 1e-6
     assert run["live_drift"]["feature2"]["ks_p_value"] > 1e-3

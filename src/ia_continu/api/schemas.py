@@ -189,6 +189,9 @@ class MonitoringRunRequest(_Strict):
     samples: int | None = Field(
         None, ge=MIN_SAMPLES, le=MAX_SAMPLES, description="force a fresh batch of this size"
     )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="seed of the forced batch (reproducible data)"
+    )
 
 
 class MonitoringRun(BaseModel):

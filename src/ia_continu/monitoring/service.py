@@ -55,6 +55,7 @@ class RunRequest:
 
     hour: int | None = None
     samples: int | None = None
+    seed: int | None = None  # reproducible forced batch
 
     @property
     def forces_batch(self) -> bool:
@@ -155,6 +156,7 @@ def find_fresh_batch(
         hour=request.hour if request.hour is not None else local_hour(now, settings.timezone),
         samples=request.samples or settings.monitor_batch_size,
         now=now,
+        seed=request.seed,
     )
 
 

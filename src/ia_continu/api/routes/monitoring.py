@@ -83,7 +83,7 @@ async def run_now(
         outcome = await service.execute_run(
             settings=state.settings,
             engine=state.engine,
-            request=service.RunRequest(hour=body.hour, samples=body.samples),
+            request=service.RunRequest(hour=body.hour, samples=body.samples, seed=body.seed),
             check_health=False,  # this process is answering: it is up
             notify=False,
             clock=state.clock,
