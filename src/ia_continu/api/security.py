@@ -148,8 +148,8 @@ class ProtectionRule:
 
 
 class ApiKeyMiddleware:
-    """Pure ASGI: one set lookup per open request; for a protected one, the router's own
-    matching, one SHA-256 and one constant-time comparison per configured key.
+    """Pure ASGI: one set lookup per open request; for a protected one, one SHA-256 and
+    one constant-time comparison per configured key (the router's matching on refusals).
 
     A write that no route handles (404, 405 for an undeclared method, a slash redirect)
     is left to the router without a key: no endpoint runs, and clients get the same
@@ -168,11 +168,7 @@ class ApiKeyMiddleware:
         self._router = router  # read at request time: routes added later count too
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or not self._rule.is_protected(scope["method"], scope["path"])
-            or not self._routes_to_endpoint(scope)
-        ):
+        if scope["type"] != "http" or not self._rule.is_protected(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
         given = None
@@ -180,13 +176,11 @@ class ApiKeyMiddleware:
             if name == _HEADER_BYTES:
                 given = value
                 break
-        if not given:
-            await _reject(scope, send, MISSING_KEY)
+        # Route matching only for refusals: a valid key pays one digest and the comparisons.
+        if (given and self._accepts(given)) or not self._routes_to_endpoint(scope):
+            await self.app(scope, receive, send)
             return
-        if not self._accepts(given):
-            await _reject(scope, send, INVALID_KEY)
-            return
-        await self.app(scope, receive, send)
+        await _reject(scope, send, INVALID_KEY if given else MISSING_KEY)
 
     def _routes_to_endpoint(self, scope: Scope) -> bool:
         from starlette.routing import Match
