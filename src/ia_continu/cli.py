@@ -46,6 +46,7 @@ def serve(
 
     settings = _settings(host=host, port=port, workers=workers)
     _setup_logging(settings.log_level)
+    _prepare_serving(settings)
     # Migrate once here so that N workers do not all race to do it.
     engine = create_db_engine(settings.resolved_database_url)
     upgrade_database(engine)
@@ -63,6 +64,25 @@ def serve(
         timeout_graceful_shutdown=30,
         env_file=None,
     )
+
+
+def _prepare_serving(settings: Settings) -> None:
+    """Security guard and metrics directory, before any worker starts."""
+    import os
+
+    from ia_continu.api.metrics import prepare_multiprocess_dir
+    from ia_continu.api.security import SecurityConfigError, check_startup_security
+
+    try:
+        check_startup_security(settings)
+    except SecurityConfigError as exc:
+        typer.echo(f"ia-continu serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    # Workers rebuild their settings from the environment: give them the options'
+    # values, so their own start-up check sees the address really bound.
+    os.environ["IA_HOST"] = settings.host
+    os.environ["IA_PORT"] = str(settings.port)
+    prepare_multiprocess_dir(settings)
 
 
 @db_app.command("upgrade")

@@ -6,6 +6,7 @@ working directory. ``.env.example`` lists them all with their defaults.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -127,6 +128,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
+    @field_validator("api_keys", "api_keys_file", mode="before")
+    @classmethod
+    def _blank_means_unset(cls, value: object) -> object:
+        # IA_API_KEYS="" or IA_API_KEYS_FILE="" (compose passes empty variables) is "no key",
+        # not a key "" nor the current directory.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -148,4 +158,22 @@ def get_cached_settings() -> Settings:
     return get_settings()
 
 
-__all__ = ["VERSION", "SecretStr", "Settings", "get_cached_settings", "get_settings"]
+# prometheus_client's own variable (no IA_ prefix): `ia-continu serve` sets it for its workers.
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def get_prometheus_multiproc_dir() -> Path | None:
+    """Where the worker processes share their Prometheus metrics, when they do."""
+    value = os.environ.get(PROMETHEUS_MULTIPROC_ENV, "")
+    return Path(value) if value else None
+
+
+__all__ = [
+    "PROMETHEUS_MULTIPROC_ENV",
+    "VERSION",
+    "SecretStr",
+    "Settings",
+    "get_cached_settings",
+    "get_prometheus_multiproc_dir",
+    "get_settings",
+]

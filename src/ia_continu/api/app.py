@@ -26,10 +26,20 @@ def _utcnow() -> datetime:
 
 
 def create_app(
-    settings: Settings | None = None, *, clock: Callable[[], datetime] | None = None
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    instrument: bool = True,
 ) -> FastAPI:
-    """Build the API. Nothing is opened until the lifespan starts."""
+    """Build the API. Nothing is opened until the lifespan starts.
+
+    ``instrument=False`` leaves out the Prometheus middleware and /metrics (benchmarks).
+    Raises SecurityConfigError when bound to a non-loopback address without an API key.
+    """
     settings = settings or get_settings()
+    from ia_continu.api.security import check_startup_security
+
+    api_keys = check_startup_security(settings)  # before anything else: refuse early
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,6 +51,7 @@ def create_app(
         )
         await asyncio.to_thread(upgrade_database, engine)
         state = AppState(settings=settings, engine=engine, clock=clock or _utcnow)
+        state.metrics = getattr(app.state, "metrics", None)
         app.state.ia = state
         try:
             await asyncio.to_thread(state.refresh_model)
@@ -75,6 +86,7 @@ def create_app(
 
     app.include_router(monitoring.router)
     _install_dashboard(app)
+    _install_operations(app, settings, api_keys=api_keys, instrument=instrument)
     return app
 
 
@@ -82,6 +94,38 @@ def _install_dashboard(app: FastAPI) -> None:
     from ia_continu.api.routes import dashboard
 
     dashboard.install_dashboard(app)
+
+
+def _install_operations(
+    app: FastAPI, settings: Settings, *, api_keys: tuple[str, ...], instrument: bool
+) -> None:
+    """API keys, Prometheus metrics and model rollback.
+
+    The key check is a middleware keyed on method + path, so routes included after this
+    call are covered too; the OpenAPI document applies the same rule when it is built.
+    """
+    from ia_continu.api.routes import admin
+
+    app.include_router(admin.router)
+    if api_keys:
+        from ia_continu.api.security import ApiKeyMiddleware, ProtectionRule, document_api_key
+
+        rule = ProtectionRule(protect_predict=settings.protect_predict)
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys, rule=rule, router=app.router)
+        build_openapi = app.openapi
+
+        def openapi_with_api_key() -> dict[str, Any]:
+            return document_api_key(build_openapi(), rule)
+
+        app.openapi = openapi_with_api_key  # type: ignore[method-assign]
+    if instrument:
+        from ia_continu.api.metrics import AppMetrics, MetricsMiddleware
+        from ia_continu.api.routes import metrics
+
+        app.state.metrics = AppMetrics()
+        app.include_router(metrics.router)
+        # Added last = outermost: the 401s answered by the key check are counted too.
+        app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes_of=app)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -7,6 +7,6 @@ from fastapi import Request
 from ia_continu.api.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.ia
     return state

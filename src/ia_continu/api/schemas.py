@@ -233,3 +233,12 @@ class MonitoringHistory(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class ActivateResponse(BaseModel):
+    status: Literal["activated"] = "activated"
+    model_version: str = Field(description="the champion from now on")
+    previous_version: str | None = Field(description="the champion before this call")
+    registry_version: int | None = Field(description="MLflow registry version (alias champion)")
+    accuracy: float
+    timestamp: datetime

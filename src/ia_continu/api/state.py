@@ -8,12 +8,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings
 from ia_continu.ml.lifecycle import load_served_model
 from ia_continu.ml.predictor import LinearModel
+
+if TYPE_CHECKING:
+    from ia_continu.api.metrics import AppMetrics
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +31,15 @@ class AppState:
     model: LinearModel | None = None
     retrain_lock: threading.Lock = field(default_factory=threading.Lock)
     extras: dict[str, object] = field(default_factory=dict)
+    # Prometheus metrics of this process (None when the app is built without them).
+    metrics: AppMetrics | None = None
 
     def serve(self, model: LinearModel) -> None:
         if self.model is None or self.model.version != model.version:
             log.info("serving model %s", model.version)
         self.model = model
+        if self.metrics is not None:
+            self.metrics.set_served_version(model.version)
 
     def refresh_model(self) -> None:
         """Serve whatever model the database says is active (blocking: run in a thread)."""

@@ -146,13 +146,29 @@ def activate_version(*, settings: Settings, engine: Engine, version: str) -> rep
     record = repo.get_model(engine, version)
     if record is None:
         raise UnknownModelError(f"model version {version!r} does not exist")
+    model = model_from_record(record)  # before anything moves: it must be servable
+    previous = repo.get_active_model(engine)
     if record.registry_version is not None:
         registry.set_model_alias(
             settings=settings, alias=registry.CHAMPION, registry_version=record.registry_version
         )
-    model = model_from_record(record)
-    save_model_file(settings.models_dir, model)
-    activated = repo.activate_model(engine, version)
+    try:
+        save_model_file(settings.models_dir, model)
+        activated = repo.activate_model(engine, version)
+    except Exception:
+        # Put the alias back: MLflow and the database must keep naming the same champion.
+        if (
+            record.registry_version is not None
+            and previous is not None
+            and previous.registry_version is not None
+        ):
+            with contextlib.suppress(Exception):
+                registry.set_model_alias(
+                    settings=settings,
+                    alias=registry.CHAMPION,
+                    registry_version=previous.registry_version,
+                )
+        raise
     assert activated is not None
     return activated
 

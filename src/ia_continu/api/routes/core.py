@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +89,8 @@ async def predict(body: PredictRequest, state: AppState = Depends(get_state)) ->
     if model is None:
         raise HTTPException(503, NO_MODEL)
     prediction, confidence = model.predict_one(body.features[0], body.features[1])
+    if state.metrics is not None:
+        state.metrics.count_prediction(model.version, prediction)
     return _json(
         {
             "prediction": prediction,
@@ -117,13 +120,15 @@ def retrain(
     # One retrain at a time per process: a second caller waits for the first.
     if not state.retrain_lock.acquire(timeout=RETRAIN_WAIT_SECONDS):
         raise HTTPException(409, "another retrain is still running; try again later")
+    tracked = state.metrics.track_retrain() if state.metrics else contextlib.nullcontext()
     try:
-        outcome = lifecycle.retrain(
-            settings=state.settings,
-            engine=state.engine,
-            generation_id=body.generation_id,
-            now=state.clock(),
-        )
+        with tracked:
+            outcome = lifecycle.retrain(
+                settings=state.settings,
+                engine=state.engine,
+                generation_id=body.generation_id,
+                now=state.clock(),
+            )
     except lifecycle.NoDatasetError as exc:
         raise HTTPException(404 if body.generation_id is not None else 409, str(exc)) from exc
     except TrainingDataError as exc:
