@@ -33,11 +33,20 @@ class AppState:
     extras: dict[str, object] = field(default_factory=dict)
     # Prometheus metrics of this process (None when the app is built without them).
     metrics: AppMetrics | None = None
+    # Bumped by every swap: a refresh that read the database before a newer swap
+    # (a retrain or rollback in this process) must not put its stale answer back.
+    _swaps: int = 0
+    _swap_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def serve(self, model: LinearModel) -> None:
+        with self._swap_lock:
+            self._swap(model)
+
+    def _swap(self, model: LinearModel) -> None:
         if self.model is None or self.model.version != model.version:
             log.info("serving model %s", model.version)
         self.model = model
+        self._swaps += 1
         if self.metrics is not None:
             self.metrics.set_served_version(model.version)
 
@@ -45,14 +54,18 @@ class AppState:
         """Serve whatever model the database says is active (blocking: run in a thread)."""
         from ia_continu.db import repository as repo
 
+        seen = self._swaps
         version = repo.get_active_version(self.engine)
         if version is None or (self.model is not None and self.model.version == version):
             return
         model = load_served_model(
             engine=self.engine, models_dir=self.settings.models_dir, version=version
         )
-        if model is not None:
-            self.serve(model)
+        if model is None:
+            return
+        with self._swap_lock:
+            if self._swaps == seen:
+                self._swap(model)
 
 
 async def watch_active_model(state: AppState) -> None:
