@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -635,3 +636,240 @@ def read_metrics_snapshot(engine: Engine) -> MetricsSnapshot:
         monitoring_run_count=int(run_count),
         last_monitoring_run=run,
     )
+
+
+# --- predictions (the /predict log) ------------------------------------------------------
+
+# One logged prediction as the API queues it: (epoch seconds UTC, feature1, feature2,
+# prediction, confidence, model_version). A plain tuple is the cheapest thing to build
+# on the request path; turning the time into a datetime waits for the background flush.
+PredictionRow = tuple[float, float, float, int, float, str]
+
+_PREDICTION_COLUMNS = "created_at, feature1, feature2, prediction, confidence, model_version"
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    id: int
+    created_at: datetime
+    feature1: float
+    feature2: float
+    prediction: int
+    confidence: float
+    model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionTraffic:
+    count: int
+    class_0: int
+    class_1: int
+    mean_confidence: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionSummary:
+    count: int
+    class_0: int
+    class_1: int
+    feature1_mean: float | None
+    feature2_mean: float | None
+    by_model_version: dict[str, VersionTraffic]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionBucket:
+    start: datetime  # UTC, a multiple of the bucket width since the epoch
+    model_version: str
+    class_0: int
+    class_1: int
+
+
+def insert_predictions(engine: Engine, rows: Sequence[PredictionRow]) -> int:
+    """Append logged predictions in one transaction: COPY on PostgreSQL, the driver's
+    executemany on SQLite. Blocking: the API calls it from a thread."""
+    if not rows:
+        return 0
+    with engine.connect().execution_options(**WRITE) as conn, conn.begin():
+        dialect = conn.dialect.name
+        if dialect == "postgresql":
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            with (
+                raw.cursor() as cur,
+                cur.copy(f"COPY predictions ({_PREDICTION_COLUMNS}) FROM STDIN") as copy,
+            ):
+                for t, x1, x2, pred, conf, version in rows:
+                    copy.write_row((datetime.fromtimestamp(t, UTC), x1, x2, pred, conf, version))
+        elif dialect == "sqlite":
+            # The exact text SQLAlchemy's DateTime writes on SQLite, so that range filters
+            # written with SQLAlchemy compare like for like.
+            conn.exec_driver_sql(
+                f"INSERT INTO predictions ({_PREDICTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (_sqlite_datetime(t), x1, x2, pred, conf, version)
+                    for t, x1, x2, pred, conf, version in rows
+                ],
+            )
+        else:
+            conn.execute(
+                predictions.insert(),
+                [
+                    {
+                        "created_at": datetime.fromtimestamp(t, UTC),
+                        "feature1": x1,
+                        "feature2": x2,
+                        "prediction": pred,
+                        "confidence": conf,
+                        "model_version": version,
+                    }
+                    for t, x1, x2, pred, conf, version in rows
+                ],
+            )
+    return len(rows)
+
+
+def _sqlite_datetime(epoch_seconds: float) -> str:
+    moment = datetime.fromtimestamp(epoch_seconds, UTC).replace(tzinfo=None)
+    return moment.isoformat(" ", "microseconds")
+
+
+def count_predictions(engine: Engine, *, since: datetime | None = None) -> int:
+    stmt = sa.select(sa.func.count()).select_from(predictions)
+    if since is not None:
+        stmt = stmt.where(predictions.c.created_at >= _utc(since))
+    with engine.connect() as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
+def list_recent_predictions(engine: Engine, *, limit: int = 100) -> list[PredictionRecord]:
+    """The newest logged predictions, newest first."""
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(sa.select(predictions).order_by(predictions.c.id.desc()).limit(limit))
+            .mappings()
+            .all()
+        )
+    return [
+        PredictionRecord(
+            id=r["id"],
+            created_at=_utc(r["created_at"]),
+            feature1=r["feature1"],
+            feature2=r["feature2"],
+            prediction=r["prediction"],
+            confidence=r["confidence"],
+            model_version=r["model_version"],
+        )
+        for r in rows
+    ]
+
+
+def load_recent_prediction_features(
+    engine: Engine,
+    *,
+    limit: int,
+    since: datetime | None = None,
+    model_version: str | None = None,
+) -> np.ndarray:
+    """The live inputs the API logged, as an (n, 2) float array [feature1, feature2]:
+    the newest ``limit`` rows (newest first), optionally only since a time or for one
+    model version. For drift checks against what the model is actually asked."""
+    p = predictions.c
+    stmt = sa.select(p.feature1, p.feature2).order_by(p.id.desc()).limit(int(limit))
+    if since is not None:
+        stmt = stmt.where(p.created_at >= _utc(since))
+    if model_version is not None:
+        stmt = stmt.where(p.model_version == model_version)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def summarize_predictions(engine: Engine, *, since: datetime) -> PredictionSummary:
+    """Traffic since ``since``: counts per class, feature means and, per model version,
+    counts and mean confidence. One grouped query; the totals are sums of its groups."""
+    p = predictions.c
+    stmt = (
+        sa.select(
+            p.model_version,
+            p.prediction,
+            sa.func.count(),
+            sa.func.sum(p.confidence),
+            sa.func.sum(p.feature1),
+            sa.func.sum(p.feature2),
+        )
+        .where(p.created_at >= _utc(since))
+        .group_by(p.model_version, p.prediction)
+    )
+    with engine.connect() as conn:
+        groups = conn.execute(stmt).all()
+    per_version: dict[str, list[float]] = {}  # version -> [class_0, class_1, confidence sum]
+    count = class_1 = 0
+    sum1 = sum2 = 0.0
+    for version, prediction, n, conf_sum, f1_sum, f2_sum in groups:
+        n = int(n)
+        acc = per_version.setdefault(version, [0, 0, 0.0])
+        acc[1 if prediction == 1 else 0] += n
+        acc[2] += float(conf_sum)
+        count += n
+        class_1 += n if prediction == 1 else 0
+        sum1 += float(f1_sum)
+        sum2 += float(f2_sum)
+    return PredictionSummary(
+        count=count,
+        class_0=count - class_1,
+        class_1=class_1,
+        feature1_mean=sum1 / count if count else None,
+        feature2_mean=sum2 / count if count else None,
+        by_model_version={
+            version: VersionTraffic(
+                count=int(c0 + c1),
+                class_0=int(c0),
+                class_1=int(c1),
+                mean_confidence=conf / (c0 + c1) if c0 + c1 else None,
+            )
+            for version, (c0, c1, conf) in sorted(per_version.items())
+        },
+    )
+
+
+def count_predictions_by_bucket(
+    engine: Engine, *, since: datetime, bucket_seconds: int
+) -> list[PredictionBucket]:
+    """Predictions per class in fixed time buckets (aligned on multiples of
+    ``bucket_seconds`` since the epoch) and model version, oldest first. Buckets
+    without traffic are absent."""
+    width = int(bucket_seconds)
+    if width < 1:
+        raise ValueError("bucket_seconds must be >= 1")
+    p = predictions.c
+    if engine.dialect.name == "sqlite":
+        # Whole seconds from the stored text: strftime would round .9995 s up to the
+        # next second (and so, sometimes, into the next bucket).
+        seconds: Any = sa.cast(
+            sa.func.strftime("%s", sa.func.substr(p.created_at, 1, 19)), sa.Integer
+        )
+    else:
+        seconds = sa.cast(sa.func.floor(sa.extract("epoch", p.created_at)), sa.BigInteger)
+    # The width inlined, not bound: PostgreSQL must see the same expression in SELECT and
+    # GROUP BY, and two bound parameters are two different expressions to it.
+    literal_width = sa.literal_column(str(width), sa.BigInteger)
+    bucket = ((seconds // literal_width) * literal_width).label("bucket")
+    class_1 = sa.func.sum(sa.case((p.prediction == 1, 1), else_=0))
+    stmt = (
+        sa.select(bucket, p.model_version, sa.func.count(), class_1)
+        .where(p.created_at >= _utc(since))
+        .group_by(bucket, p.model_version)
+        .order_by(bucket, p.model_version)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    return [
+        PredictionBucket(
+            start=datetime.fromtimestamp(int(start), UTC),
+            model_version=version,
+            class_0=int(n) - int(c1),
+            class_1=int(c1),
+        )
+        for start, version, n, c1 in rows
+    ]

@@ -1,0 +1,273 @@
+"""Prediction logging off the request path.
+
+``/predict`` appends one tuple to a bounded in-memory queue (no lock, no await, no I/O);
+a background asyncio task writes the queue to the ``predictions`` table in batches
+from a worker thread, so the event loop never waits on the database. When the queue is
+full, new rows are dropped and counted: a slow or absent database must never slow down
+or fail a prediction. On a clean shutdown everything still queued is written.
+
+The queue is meant to be fed from the event loop's thread (async routes). ``deque``
+appends are atomic in CPython, so a call from a worker thread is safe too; only the
+counters could then be off by a few under contention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from ia_continu.config import Settings
+    from ia_continu.db.repository import PredictionRow
+
+log = logging.getLogger(__name__)
+
+# A failed batch is kept and retried on each tick for this long, then given up (counted
+# as ``abandoned``): long enough for a database restart, short enough that a batch the
+# database will never accept does not stop logging for good.
+DEFAULT_RETRY_SECONDS = 300.0
+# At shutdown the database gets this many more tries before the queue is given up.
+SHUTDOWN_ATTEMPTS = 3
+SHUTDOWN_RETRY_DELAY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionLogCounters:
+    logged: int  # accepted into the queue since start
+    dropped: int  # refused because the queue was full
+    flushed: int  # written to the database
+    flush_errors: int  # failed write attempts (the batch is kept and retried)
+    abandoned: int  # given up after failing for the whole retry window, or at shutdown
+    queued: int  # accepted, not yet written (queue + the batch being retried)
+
+
+class PredictionLogger:
+    """Bounded queue of predictions plus the task that flushes it.
+
+    Lifecycle: ``start()`` inside a running event loop, ``await close()`` at the end
+    (stops the task, then writes what is left).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        queue_size: int,
+        batch_size: int,
+        flush_interval: float,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1 or flush_interval <= 0:
+            raise ValueError("queue_size and batch_size must be >= 1, flush_interval > 0")
+        self.engine = engine
+        self.capacity = queue_size
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        # Counted in ticks so that it does not depend on how long each failure took.
+        self.max_attempts = max(3, math.ceil(retry_seconds / flush_interval))
+        self._queue: deque[PredictionRow] = deque()
+        self._pending: list[PredictionRow] = []  # the batch that failed, retried first
+        self._attempts = 0
+        self.logged = 0
+        self.dropped = 0
+        self.flushed = 0
+        self.flush_errors = 0
+        self.abandoned = 0
+        self._failing = False
+        # Neither binds to an event loop before it is first waited on.
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, engine: Engine) -> PredictionLogger:
+        return cls(
+            engine=engine,
+            queue_size=settings.prediction_log_queue_size,
+            batch_size=settings.prediction_log_batch_size,
+            flush_interval=settings.prediction_log_flush_interval,
+        )
+
+    # --- the request path ------------------------------------------------------------
+
+    def log(
+        self,
+        model_version: str,
+        feature1: float,
+        feature2: float,
+        prediction: int,
+        confidence: float,
+        timestamp: float | None = None,
+    ) -> bool:
+        """Queue one prediction (``timestamp``: epoch seconds, default now). Never
+        blocks; returns False when the queue is full and the row was dropped."""
+        queue = self._queue
+        if len(queue) >= self.capacity:
+            self.dropped += 1
+            return False
+        queue.append(
+            (
+                time.time() if timestamp is None else timestamp,
+                feature1,
+                feature2,
+                prediction,
+                confidence,
+                model_version,
+            )
+        )
+        self.logged += 1
+        return True
+
+    def log_many(
+        self,
+        model_version: str,
+        features: Any,
+        predictions: Any,
+        confidences: Any,
+        timestamp: float | None = None,
+    ) -> int:
+        """Queue many predictions made at one time (a batch route): ``features`` is
+        (n, 2), ``predictions`` and ``confidences`` have n items; numpy arrays or lists.
+        Rows beyond the free space are dropped and counted. Returns how many were queued."""
+        t = time.time() if timestamp is None else timestamp
+        # Plain Python numbers: numpy scalars would reach the database driver as such.
+        features, predictions, confidences = (
+            v.tolist() if hasattr(v, "tolist") else v for v in (features, predictions, confidences)
+        )
+        rows: list[PredictionRow] = [
+            (t, float(x[0]), float(x[1]), int(p), float(c), model_version)
+            for x, p, c in zip(features, predictions, confidences, strict=True)
+        ]
+        free = max(0, self.capacity - len(self._queue))
+        accepted = rows[:free]
+        self._queue.extend(accepted)
+        self.logged += len(accepted)
+        self.dropped += len(rows) - len(accepted)
+        return len(accepted)
+
+    # --- counters ----------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) + len(self._pending)
+
+    def counters(self) -> PredictionLogCounters:
+        return PredictionLogCounters(
+            logged=self.logged,
+            dropped=self.dropped,
+            flushed=self.flushed,
+            flush_errors=self.flush_errors,
+            abandoned=self.abandoned,
+            queued=self.queued,
+        )
+
+    # --- the background side ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the periodic flush task (call from the running event loop)."""
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._run(), name="prediction-log-flush")
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            # Woken early by close(): the final flush happens there, not here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.flush_interval)
+            if self._stop.is_set():
+                break
+            try:
+                await self.flush()
+            except Exception:  # never let the task die: the next tick tries again
+                log.exception("prediction log flush failed unexpectedly")
+
+    async def flush(self) -> int:
+        """Write what is queued now, batch by batch. On a database error the batch is
+        kept for the next call and this call stops (it does not raise). Returns the
+        number of rows written."""
+        async with self._lock:
+            written = 0
+            # Only what is queued now: under steady traffic the queue never empties,
+            # and the next tick takes the rest.
+            budget = len(self._queue) + len(self._pending)
+            while budget > 0:
+                batch = self._pending or self._take(min(self.batch_size, budget))
+                if not batch:
+                    break
+                self._pending = batch
+                try:
+                    await asyncio.to_thread(self._write, batch)
+                except Exception as exc:
+                    self._on_failure(exc)
+                    break
+                self._pending = []
+                self._attempts = 0
+                self.flushed += len(batch)
+                written += len(batch)
+                budget -= len(batch)
+                if self._failing:
+                    log.info("prediction log writes recovered")
+                    self._failing = False
+            return written
+
+    def _take(self, n: int) -> list[PredictionRow]:
+        queue = self._queue
+        popleft = queue.popleft
+        return [popleft() for _ in range(min(n, len(queue)))]
+
+    def _write(self, batch: list[PredictionRow]) -> int:
+        from ia_continu.db.repository import insert_predictions
+
+        return insert_predictions(self.engine, batch)
+
+    def _on_failure(self, exc: Exception) -> None:
+        self.flush_errors += 1
+        self._attempts += 1
+        if not self._failing:
+            # Once per outage, not once per tick.
+            log.warning(
+                "cannot write %d logged predictions (kept, retried every %.1f s): %s",
+                len(self._pending),
+                self.flush_interval,
+                exc,
+            )
+            self._failing = True
+        if self._attempts >= self.max_attempts:
+            log.error(
+                "giving up %d logged predictions after %d failed writes",
+                len(self._pending),
+                self._attempts,
+            )
+            self.abandoned += len(self._pending)
+            self._pending = []
+            self._attempts = 0
+
+    async def close(self) -> None:
+        """Stop the periodic task, then write everything still queued (a few tries)."""
+        if self._task is not None:
+            self._stop.set()
+            await self._task
+            self._task = None
+        for attempt in range(SHUTDOWN_ATTEMPTS):
+            before = self.flush_errors
+            while self.queued:
+                await self.flush()
+                if self.flush_errors != before:
+                    break
+            if not self.queued:
+                return
+            if attempt + 1 < SHUTDOWN_ATTEMPTS:
+                await asyncio.sleep(SHUTDOWN_RETRY_DELAY)
+        lost = self.queued
+        log.error("shutting down with %d logged predictions not written", lost)
+        self.abandoned += lost
+        self._queue.clear()
+        self._pending = []
