@@ -15,7 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ia_continu.api.state import AppState, watch_active_model
+from ia_continu.api.state import (
+    AppState,
+    start_prediction_logging,
+    stop_prediction_logging,
+    watch_active_model,
+)
 from ia_continu.config import VERSION, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -58,12 +63,14 @@ def create_app(
         except Exception as exc:  # serve /health and the rest; the watcher retries
             log.warning("no model loaded at start-up: %s", exc)
         watcher = asyncio.create_task(watch_active_model(state), name="watch-active-model")
+        start_prediction_logging(state)
         try:
             yield
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await stop_prediction_logging(state)  # needs the engine: before dispose
             engine.dispose()
 
     app = FastAPI(
@@ -85,6 +92,10 @@ def create_app(
     from ia_continu.api.routes import monitoring
 
     app.include_router(monitoring.router)
+
+    from ia_continu.api.routes import predictions
+
+    app.include_router(predictions.router)
     _install_dashboard(app)
     _install_operations(app, settings, api_keys=api_keys, instrument=instrument)
     return app

@@ -242,3 +242,51 @@ class ActivateResponse(BaseModel):
     registry_version: int | None = Field(description="MLflow registry version (alias champion)")
     accuracy: float
     timestamp: datetime
+
+
+# --- prediction log (/predictions/*) --------------------------------------------------------
+
+ClassCounts = dict[Literal["0", "1"], int]
+
+
+class FeatureMeans(BaseModel):
+    feature1: float | None
+    feature2: float | None
+
+
+class ModelVersionTraffic(BaseModel):
+    count: int
+    class_counts: ClassCounts
+    mean_confidence: float | None
+
+
+class PredictionStatsResponse(BaseModel):
+    window_minutes: int
+    count: int = Field(description="predictions logged in the window (all API processes)")
+    class_counts: ClassCounts
+    class_balance: float | None = Field(description="share of class 1; null without traffic")
+    feature_means: FeatureMeans
+    by_model_version: dict[str, ModelVersionTraffic]
+    logging_enabled: bool
+    # This process's logger since it started (each worker process has its own queue).
+    logged: int = Field(description="accepted into the queue")
+    dropped: int = Field(description="refused because the queue was full")
+    queued: int = Field(description="accepted, not yet written")
+    flushed: int = Field(description="written to the database")
+    flush_errors: int = Field(description="failed writes (the rows are kept and retried)")
+    abandoned: int = Field(description="given up after failing for the whole retry window")
+
+
+class PredictionTimeseriesPoint(BaseModel):
+    t: datetime = Field(description="bucket start (UTC)")
+    model_version: str
+    class_0: int
+    class_1: int
+
+
+class PredictionTimeseriesResponse(BaseModel):
+    window_minutes: int
+    bucket_seconds: int
+    points: list[PredictionTimeseriesPoint] = Field(
+        description="oldest first, one per bucket and model version; empty buckets absent"
+    )

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from ia_continu.config import Settings
 from ia_continu.ml.lifecycle import load_served_model
 from ia_continu.ml.predictor import LinearModel
+from ia_continu.monitoring.predlog import PredictionLogger
 
 if TYPE_CHECKING:
     from ia_continu.api.metrics import AppMetrics
@@ -37,6 +38,8 @@ class AppState:
     # (a retrain or rollback in this process) must not put its stale answer back.
     _swaps: int = 0
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
+    # None when IA_PREDICTION_LOG_ENABLED=false.
+    predlog: PredictionLogger | None = None
 
     def serve(self, model: LinearModel) -> None:
         with self._swap_lock:
@@ -86,3 +89,24 @@ async def watch_active_model(state: AppState) -> None:
             if failing:
                 log.info("active-model refresh recovered")
             failing = False
+
+
+def start_prediction_logging(state: AppState) -> None:
+    """Create and start the prediction logger unless the settings turn it off."""
+    if state.settings.prediction_log_enabled:
+        state.predlog = PredictionLogger.from_settings(state.settings, engine=state.engine)
+        state.predlog.start()
+
+
+async def stop_prediction_logging(state: AppState) -> None:
+    """Write whatever is still queued (before the engine is disposed)."""
+    if state.predlog is not None:
+        await state.predlog.close()
+        counters = state.predlog.counters()
+        log.info(
+            "prediction log closed: %d logged, %d written, %d dropped (queue full), %d abandoned",
+            counters.logged,
+            counters.flushed,
+            counters.dropped,
+            counters.abandoned,
+        )

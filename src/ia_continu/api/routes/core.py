@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -88,15 +89,19 @@ async def predict(body: PredictRequest, state: AppState = Depends(get_state)) ->
     model = state.model
     if model is None:
         raise HTTPException(503, NO_MODEL)
-    prediction, confidence = model.predict_one(body.features[0], body.features[1])
+    x1, x2 = body.features
+    prediction, confidence = model.predict_one(x1, x2)
     if state.metrics is not None:
         state.metrics.count_prediction(model.version, prediction)
+    now = time.time()
+    if state.predlog is not None:  # one deque append; written later by a background task
+        state.predlog.log(model.version, x1, x2, prediction, confidence, now)
     return _json(
         {
             "prediction": prediction,
             "model_version": model.version,
             "confidence": confidence,
-            "timestamp": _now_iso(),
+            "timestamp": datetime.fromtimestamp(now, UTC).isoformat(),
         }
     )
 
