@@ -25,7 +25,7 @@ def main(rows: int = 200_000, url: str = "") -> None:
             engine=engine, queue_size=rows, batch_size=5_000, flush_interval=3600
         )
         log = logger.log
-        now = time.time()
+        now = time.time_ns() // 1000
         t0 = time.perf_counter()
         for i in range(rows):
             log("v1", 0.5, -1.2, i & 1, 0.73, now)

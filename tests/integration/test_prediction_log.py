@@ -65,6 +65,11 @@ def _features(n: int, seed: int = 7) -> list[list[float]]:
     return [[round(rng.uniform(-3, 3), 6), round(rng.uniform(-3, 3), 6)] for _ in range(n)]
 
 
+def _insert(db: Engine, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows given with their time in (float) epoch seconds."""
+    repo.insert_predictions(db, [(round(r[0] * 1_000_000), *r[1:]) for r in rows])
+
+
 def _stored(db: Engine) -> list[repo.PredictionRecord]:
     return repo.list_recent_predictions(db, limit=100_000)
 
@@ -190,7 +195,7 @@ def test_stats_summarise_window_classes_features_and_versions(
         (now - 580, -1.0, 0.5, 1, 0.8, "v0"),
     ]
     old_rows = [(now - 3 * 3600, 100.0, 100.0, 0, 0.99, "v0")] * 4
-    repo.insert_predictions(db, v0_rows + old_rows)
+    _insert(db, v0_rows + old_rows)
     features = _features(40, seed=3)
     with TestClient(create_app(app_settings)) as client:
         answers = [client.post("/predict", json={"features": f}).json() for f in features]
@@ -244,14 +249,15 @@ def test_stats_without_traffic_has_null_balance_and_means(
 def test_timeseries_counts_classes_per_bucket_and_version(
     db: Engine, app_settings: Settings, bucket_seconds: int
 ) -> None:
-    base = math.floor(time.time() / 60) * 60 - 30 * 60  # a minute boundary, 30 min ago
+    s = 1_000_000
+    base = (math.floor(time.time() / 60) * 60 - 30 * 60) * s  # a minute boundary, 30 min ago
     rows = [
-        (base + 5, 0.1, 0.1, 1, 0.9, "v1"),
-        (base + 59.9999, 0.2, 0.2, 0, 0.8, "v1"),  # still the first minute
-        (base + 60, 0.3, 0.3, 1, 0.7, "v1"),
-        (base + 61, 0.3, 0.3, 1, 0.7, "v2"),
-        (base + 420, 0.4, 0.4, 0, 0.6, "v2"),
-        (base - 2 * 3600, 9.0, 9.0, 1, 0.9, "v1"),  # outside the 60-minute window
+        (base + 5 * s, 0.1, 0.1, 1, 0.9, "v1"),
+        (base + 60 * s - 1, 0.2, 0.2, 0, 0.8, "v1"),  # the last microsecond of the minute
+        (base + 60 * s, 0.3, 0.3, 1, 0.7, "v1"),
+        (base + 61 * s, 0.3, 0.3, 1, 0.7, "v2"),
+        (base + 420 * s, 0.4, 0.4, 0, 0.6, "v2"),
+        (base - 2 * 3600 * s, 9.0, 9.0, 1, 0.9, "v1"),  # outside the 60-minute window
     ]
     repo.insert_predictions(db, rows)
     with TestClient(create_app(app_settings)) as client:
@@ -262,8 +268,8 @@ def test_timeseries_counts_classes_per_bucket_and_version(
     body = r.json()
     assert body["bucket_seconds"] == bucket_seconds
     expected: dict[tuple[int, str], list[int]] = {}
-    for t, _f1, _f2, pred, _conf, version in rows[:-1]:
-        start = math.floor(t) // bucket_seconds * bucket_seconds
+    for us, _f1, _f2, pred, _conf, version in rows[:-1]:
+        start = us // s // bucket_seconds * bucket_seconds
         expected.setdefault((start, version), [0, 0])[pred] += 1
     got = [
         (
@@ -279,7 +285,7 @@ def test_timeseries_counts_classes_per_bucket_and_version(
 
 def test_load_recent_prediction_features_returns_newest_inputs(db: Engine) -> None:
     now = time.time()
-    repo.insert_predictions(
+    _insert(
         db,
         [
             (now - 100 + i, float(i), -float(i), i % 2, 0.75, "v1" if i < 5 else "v2")

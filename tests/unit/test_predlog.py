@@ -15,7 +15,8 @@ from ia_continu.db.migrate import upgrade_database
 from ia_continu.monitoring import predlog as predlog_module
 from ia_continu.monitoring.predlog import PredictionLogger
 
-T0 = 1_768_473_000.0  # 2026-01-15 10:30:00 UTC
+T0 = 1_768_473_000_000_000  # 2026-01-15 10:30:00 UTC, in microseconds
+S = 1_000_000  # one second in microseconds
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def _logger(engine: Engine, **overrides: float) -> PredictionLogger:
 
 def test_logger_drops_new_rows_when_full_and_counts_them(engine: Engine) -> None:
     logger = _logger(engine, queue_size=5)
-    accepted = [logger.log("v1", float(i), 0.0, 1, 0.9, T0 + i) for i in range(8)]
+    accepted = [logger.log("v1", float(i), 0.0, 1, 0.9, T0 + i * S) for i in range(8)]
     assert accepted == [True] * 5 + [False] * 3
     c = logger.counters()
     assert (c.logged, c.dropped, c.queued, c.flushed) == (5, 3, 5, 0)
@@ -58,7 +59,7 @@ def test_logger_log_many_fills_free_space_with_plain_numbers(engine: Engine) -> 
     features = np.arange(20, dtype=np.float64).reshape(10, 2)
     classes = np.array([1, 0] * 5, dtype=np.int64)
     confidence = np.linspace(0.5, 1.0, 10)
-    assert logger.log_many("v2", features, classes, confidence, timestamp=T0 + 1) == 6
+    assert logger.log_many("v2", features, classes, confidence, epoch_us=T0 + S) == 6
     c = logger.counters()
     assert (c.logged, c.dropped, c.queued) == (10, 4, 10)
     asyncio.run(logger.flush())
@@ -72,7 +73,7 @@ def test_logger_log_many_fills_free_space_with_plain_numbers(engine: Engine) -> 
 def test_logger_flush_writes_all_queued_across_batches(engine: Engine) -> None:
     logger = _logger(engine, batch_size=7)
     for i in range(30):
-        logger.log("v1", float(i), -float(i), i % 2, 0.8, T0 + i)
+        logger.log("v1", float(i), -float(i), i % 2, 0.8, T0 + i * S)
     assert asyncio.run(logger.flush()) == 30
     assert repo.count_predictions(engine) == 30
     assert logger.counters().flushed == 30
@@ -100,7 +101,7 @@ def test_logger_close_stops_task_and_writes_everything(engine: Engine) -> None:
     async def scenario() -> None:
         logger.start()
         for i in range(11):
-            logger.log("v1", float(i), 1.0, 0, 0.55, T0 + i)
+            logger.log("v1", float(i), 1.0, 0, 0.55, T0 + i * S)
         await logger.close()
 
     asyncio.run(scenario())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -640,12 +640,26 @@ def read_metrics_snapshot(engine: Engine) -> MetricsSnapshot:
 
 # --- predictions (the /predict log) ------------------------------------------------------
 
-# One logged prediction as the API queues it: (epoch seconds UTC, feature1, feature2,
-# prediction, confidence, model_version). A plain tuple is the cheapest thing to build
-# on the request path; turning the time into a datetime waits for the background flush.
-PredictionRow = tuple[float, float, float, int, float, str]
+# One logged prediction as the API queues it: (time in integer microseconds since the
+# epoch, UTC; feature1, feature2, prediction, confidence, model_version). A plain tuple is
+# the cheapest thing to build on the request path, and it goes to the driver as it is.
+PredictionRow = tuple[int, float, float, int, float, str]
 
 _PREDICTION_COLUMNS = "created_at, feature1, feature2, prediction, confidence, model_version"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# SQLite: the time text is built by SQLite itself, in exactly the form SQLAlchemy's DateTime
+# writes ("YYYY-MM-DD HH:MM:SS.ffffff"), so range filters written with SQLAlchemy compare
+# like for like, and the flush does no per-row Python work.
+_SQLITE_INSERT_PREDICTION = (
+    f"INSERT INTO predictions ({_PREDICTION_COLUMNS}) VALUES ("
+    "strftime('%Y-%m-%d %H:%M:%S', ?1 / 1000000, 'unixepoch') || '.' || "
+    "substr('00000' || (?1 % 1000000), -6), ?2, ?3, ?4, ?5, ?6)"
+)
+
+
+def epoch_us_to_datetime(epoch_us: int) -> datetime:
+    """Exact (no float rounding) UTC datetime for integer microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=epoch_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -699,39 +713,26 @@ def insert_predictions(engine: Engine, rows: Sequence[PredictionRow]) -> int:
                 raw.cursor() as cur,
                 cur.copy(f"COPY predictions ({_PREDICTION_COLUMNS}) FROM STDIN") as copy,
             ):
-                for t, x1, x2, pred, conf, version in rows:
-                    copy.write_row((datetime.fromtimestamp(t, UTC), x1, x2, pred, conf, version))
+                for us, x1, x2, pred, conf, version in rows:
+                    copy.write_row((epoch_us_to_datetime(us), x1, x2, pred, conf, version))
         elif dialect == "sqlite":
-            # The exact text SQLAlchemy's DateTime writes on SQLite, so that range filters
-            # written with SQLAlchemy compare like for like.
-            conn.exec_driver_sql(
-                f"INSERT INTO predictions ({_PREDICTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (_sqlite_datetime(t), x1, x2, pred, conf, version)
-                    for t, x1, x2, pred, conf, version in rows
-                ],
-            )
+            conn.exec_driver_sql(_SQLITE_INSERT_PREDICTION, list(rows))
         else:
             conn.execute(
                 predictions.insert(),
                 [
                     {
-                        "created_at": datetime.fromtimestamp(t, UTC),
+                        "created_at": epoch_us_to_datetime(us),
                         "feature1": x1,
                         "feature2": x2,
                         "prediction": pred,
                         "confidence": conf,
                         "model_version": version,
                     }
-                    for t, x1, x2, pred, conf, version in rows
+                    for us, x1, x2, pred, conf, version in rows
                 ],
             )
     return len(rows)
-
-
-def _sqlite_datetime(epoch_seconds: float) -> str:
-    moment = datetime.fromtimestamp(epoch_seconds, UTC).replace(tzinfo=None)
-    return moment.isoformat(" ", "microseconds")
 
 
 def count_predictions(engine: Engine, *, since: datetime | None = None) -> int:

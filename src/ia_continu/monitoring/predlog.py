@@ -105,17 +105,18 @@ class PredictionLogger:
         feature2: float,
         prediction: int,
         confidence: float,
-        timestamp: float | None = None,
+        epoch_us: int | None = None,
     ) -> bool:
-        """Queue one prediction (``timestamp``: epoch seconds, default now). Never
-        blocks; returns False when the queue is full and the row was dropped."""
+        """Queue one prediction made at ``epoch_us`` (integer microseconds since the
+        epoch, default now). Never blocks; returns False when the queue is full and the
+        row was dropped."""
         queue = self._queue
         if len(queue) >= self.capacity:
             self.dropped += 1
             return False
         queue.append(
             (
-                time.time() if timestamp is None else timestamp,
+                time.time_ns() // 1000 if epoch_us is None else epoch_us,
                 feature1,
                 feature2,
                 prediction,
@@ -132,12 +133,12 @@ class PredictionLogger:
         features: Any,
         predictions: Any,
         confidences: Any,
-        timestamp: float | None = None,
+        epoch_us: int | None = None,
     ) -> int:
         """Queue many predictions made at one time (a batch route): ``features`` is
         (n, 2), ``predictions`` and ``confidences`` have n items; numpy arrays or lists.
         Rows beyond the free space are dropped and counted. Returns how many were queued."""
-        t = time.time() if timestamp is None else timestamp
+        t = time.time_ns() // 1000 if epoch_us is None else epoch_us
         # Plain Python numbers: numpy scalars would reach the database driver as such.
         features, predictions, confidences = (
             v.tolist() if hasattr(v, "tolist") else v for v in (features, predictions, confidences)

@@ -93,15 +93,16 @@ async def predict(body: PredictRequest, state: AppState = Depends(get_state)) ->
     prediction, confidence = model.predict_one(x1, x2)
     if state.metrics is not None:
         state.metrics.count_prediction(model.version, prediction)
-    now = time.time()
+    now_us = time.time_ns() // 1000
     if state.predlog is not None:  # one deque append; written later by a background task
-        state.predlog.log(model.version, x1, x2, prediction, confidence, now)
+        state.predlog.log(model.version, x1, x2, prediction, confidence, now_us)
     return _json(
         {
             "prediction": prediction,
             "model_version": model.version,
             "confidence": confidence,
-            "timestamp": datetime.fromtimestamp(now, UTC).isoformat(),
+            # Exact for integer microseconds: the logged time and this one are equal.
+            "timestamp": datetime.fromtimestamp(now_us / 1_000_000, UTC).isoformat(),
         }
     )
 
