@@ -80,19 +80,37 @@ def test_logger_flush_writes_all_queued_across_batches(engine: Engine) -> None:
 
 
 def test_logger_keeps_failed_batch_and_gives_up_after_retry_window(bare_engine: Engine) -> None:
-    # retry_seconds / flush_interval = 3 attempts for a batch before it is abandoned.
-    logger = _logger(bare_engine, batch_size=4, flush_interval=1, retry_seconds=3)
+    # No retry window: a batch is abandoned after the minimum number of attempts.
+    logger = _logger(bare_engine, batch_size=4, retry_seconds=0)
     for i in range(10):
         logger.log("v1", float(i), 0.0, 1, 0.9, T0)
 
-    async def tick_three_times() -> list[int]:
-        return [await logger.flush() for _ in range(3)]
+    async def tick(times: int) -> list[int]:
+        return [await logger.flush() for _ in range(times)]
 
-    assert asyncio.run(tick_three_times()) == [0, 0, 0]
+    attempts = predlog_module.MIN_ATTEMPTS
+    assert asyncio.run(tick(attempts - 1)) == [0] * (attempts - 1)
     c = logger.counters()
-    assert c.flush_errors == 3
-    assert c.abandoned == 4  # one batch, after its third failure
+    assert (c.flush_errors, c.abandoned, c.queued) == (attempts - 1, 0, 10)  # all kept
+    asyncio.run(tick(1))
+    c = logger.counters()
+    assert c.flush_errors == attempts
+    assert c.abandoned == 4  # one batch, after its last attempt
     assert c.queued == 6  # the rest stays queued
+
+
+def test_logger_keeps_failed_batch_within_retry_window(bare_engine: Engine) -> None:
+    logger = _logger(bare_engine, batch_size=4, retry_seconds=3600)
+    for i in range(10):
+        logger.log("v1", float(i), 0.0, 1, 0.9, T0)
+
+    async def tick(times: int) -> None:
+        for _ in range(times):
+            await logger.flush()
+
+    asyncio.run(tick(predlog_module.MIN_ATTEMPTS + 5))
+    c = logger.counters()
+    assert (c.abandoned, c.queued, c.flush_errors) == (0, 10, predlog_module.MIN_ATTEMPTS + 5)
 
 
 def test_logger_close_stops_task_and_writes_everything(engine: Engine) -> None:

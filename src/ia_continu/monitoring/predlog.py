@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,10 +29,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A failed batch is kept and retried on each tick for this long, then given up (counted
-# as ``abandoned``): long enough for a database restart, short enough that a batch the
-# database will never accept does not stop logging for good.
+# A failed batch is kept and retried on each tick for this long (and at least
+# MIN_ATTEMPTS times), then given up and counted as ``abandoned``: long enough for a
+# database restart, short enough that a batch the database will never accept does not
+# stop logging for good. Memory stays bounded meanwhile: queue_size + one batch.
 DEFAULT_RETRY_SECONDS = 300.0
+MIN_ATTEMPTS = 3
 # At shutdown the database gets this many more tries before the queue is given up.
 SHUTDOWN_ATTEMPTS = 3
 SHUTDOWN_RETRY_DELAY = 0.5
@@ -71,11 +72,11 @@ class PredictionLogger:
         self.capacity = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        # Counted in ticks so that it does not depend on how long each failure took.
-        self.max_attempts = max(3, math.ceil(retry_seconds / flush_interval))
+        self.retry_seconds = retry_seconds
         self._queue: deque[PredictionRow] = deque()
         self._pending: list[PredictionRow] = []  # the batch that failed, retried first
         self._attempts = 0
+        self._failing_since = 0.0  # monotonic time of the pending batch's first failure
         self.logged = 0
         self.dropped = 0
         self.flushed = 0
@@ -232,20 +233,24 @@ class PredictionLogger:
     def _on_failure(self, exc: Exception) -> None:
         self.flush_errors += 1
         self._attempts += 1
+        if self._attempts == 1:
+            self._failing_since = time.monotonic()
         if not self._failing:
             # Once per outage, not once per tick.
             log.warning(
                 "cannot write %d logged predictions (kept, retried every %.1f s): %s",
                 len(self._pending),
                 self.flush_interval,
-                exc,
+                _describe(exc),
             )
             self._failing = True
-        if self._attempts >= self.max_attempts:
+        elapsed = time.monotonic() - self._failing_since
+        if self._attempts >= MIN_ATTEMPTS and elapsed >= self.retry_seconds:
             log.error(
-                "giving up %d logged predictions after %d failed writes",
+                "giving up %d logged predictions after %d failed writes in %.0f s",
                 len(self._pending),
                 self._attempts,
+                elapsed,
             )
             self.abandoned += len(self._pending)
             self._pending = []
@@ -272,3 +277,9 @@ class PredictionLogger:
         self.abandoned += lost
         self._queue.clear()
         self._pending = []
+
+
+def _describe(exc: Exception) -> str:
+    # SQLAlchemy's message goes on with the statement and a sample of the bound rows.
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first_line[:300]}"
