@@ -15,20 +15,7 @@ WORK=$(mktemp -d)
 export IA_DATA_DIR="$WORK/data" IA_LOG_LEVEL=warning IA_DATABASE_URL=""
 TICKS=$(getconf CLK_TCK)
 
-"$PY" - <<'PY'
-from datetime import UTC, datetime
-from ia_continu.config import get_settings
-from ia_continu.db import repository as repo
-from ia_continu.db.engine import create_db_engine
-from ia_continu.db.migrate import upgrade_database
-from ia_continu.ml.predictor import LinearModel
-
-engine = create_db_engine(get_settings().resolved_database_url)
-upgrade_database(engine)
-model = LinearModel(version="v1", coef=(1.7, -0.9), intercept=0.2)
-repo.insert_model(engine, repo.ModelRecord(version="v1", accuracy=0.9, training_samples=800,
-    created_at=datetime.now(UTC), is_active=True, parameters=model.to_json()), activate=True)
-PY
+"$PY" "$ROOT/bench/predlog_seed.py"
 
 IA_PREDICTION_LOG_ENABLED=true "$CLI" serve --port "$PORT_ON" >"$WORK/on.log" 2>&1 &
 PID_ON=$!
