@@ -283,23 +283,18 @@ def test_timeseries_counts_classes_per_bucket_and_version(
     assert all(p["t"].endswith(("Z", "+00:00")) for p in body["points"])
 
 
-def test_load_recent_prediction_features_returns_newest_inputs(db: Engine) -> None:
+def test_load_live_features_returns_newest_logged_inputs(db: Engine) -> None:
+    """The monitoring flow's view of live traffic, read from what the logger wrote."""
     now = time.time()
-    _insert(
-        db,
-        [
-            (now - 100 + i, float(i), -float(i), i % 2, 0.75, "v1" if i < 5 else "v2")
-            for i in range(10)
-        ],
-    )
-    newest = repo.load_recent_prediction_features(db, limit=3)
+    _insert(db, [(now - 100 + i, float(i), -float(i), i % 2, 0.75, "v1") for i in range(10)])
+    newest = repo.load_live_features(db, limit=3)
     assert newest.shape == (3, 2)
     assert newest.tolist() == [[9.0, -9.0], [8.0, -8.0], [7.0, -7.0]]
-    assert repo.load_recent_prediction_features(db, limit=100, model_version="v1").shape == (5, 2)
     since = datetime.fromtimestamp(now - 100 + 7.5, UTC)
-    assert repo.load_recent_prediction_features(db, limit=100, since=since).shape == (2, 2)
-    empty = repo.load_recent_prediction_features(db, limit=10, model_version="nope")
-    assert empty.shape == (0, 2)
+    assert repo.load_live_features(db, limit=100, since=since).tolist() == [
+        [9.0, -9.0],
+        [8.0, -8.0],
+    ]
 
 
 @pytest.mark.parametrize(

@@ -765,27 +765,6 @@ def list_recent_predictions(engine: Engine, *, limit: int = 100) -> list[Predict
     ]
 
 
-def load_recent_prediction_features(
-    engine: Engine,
-    *,
-    limit: int,
-    since: datetime | None = None,
-    model_version: str | None = None,
-) -> np.ndarray:
-    """The live inputs the API logged, as an (n, 2) float array [feature1, feature2]:
-    the newest ``limit`` rows (newest first), optionally only since a time or for one
-    model version. For drift checks against what the model is actually asked."""
-    p = predictions.c
-    stmt = sa.select(p.feature1, p.feature2).order_by(p.id.desc()).limit(int(limit))
-    if since is not None:
-        stmt = stmt.where(p.created_at >= _utc(since))
-    if model_version is not None:
-        stmt = stmt.where(p.model_version == model_version)
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
-
-
 def summarize_predictions(engine: Engine, *, since: datetime) -> PredictionSummary:
     """Traffic since ``since``: counts per class, feature means and, per model version,
     counts and mean confidence. One grouped query; the totals are sums of its groups."""
