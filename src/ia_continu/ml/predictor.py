@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,18 @@ class LinearModel:
     def predict_one(self, x1: float, x2: float) -> tuple[int, float]:
         """Return (class, probability of that class) for one row."""
         z = self.coef[0] * x1 + self.coef[1] * x2 + self.intercept
+        if not math.isfinite(z):
+            z = self._overflowed_score(x1, x2)
         p1 = _expit(z)
         return (1, p1) if p1 > 0.5 else (0, 1.0 - p1)
 
     def predict_proba(self, features: NDArray[np.float64]) -> NDArray[np.float64]:
         """Probability of class 1 for each row of an (n, 2) array."""
-        z = features @ np.asarray(self.coef) + self.intercept
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = features @ np.asarray(self.coef) + self.intercept
+        overflowed = ~np.isfinite(z)
+        if overflowed.any():
+            z[overflowed] = [self._overflowed_score(a, b) for a, b in features[overflowed].tolist()]
         # Stable logistic, as scipy.special.expit.
         out = np.empty_like(z)
         pos = z >= 0
@@ -40,6 +47,19 @@ class LinearModel:
         ez = np.exp(z[~pos])
         out[~pos] = ez / (1.0 + ez)
         return out
+
+    def _overflowed_score(self, x1: float, x2: float) -> float:
+        """The score in exact rational arithmetic, for finite inputs near 1e308.
+
+        In floats a product can overflow, and ``c1*x1 + c2*x2`` becomes inf - inf = NaN
+        (a null confidence in the answer) or an infinity of the wrong sign.
+        """
+        c1, c2 = self.coef
+        exact = Fraction(c1) * Fraction(x1) + Fraction(c2) * Fraction(x2) + Fraction(self.intercept)
+        try:
+            return float(exact)
+        except OverflowError:
+            return math.inf if exact > 0 else -math.inf
 
     def predict_batch(
         self, features: NDArray[np.float64]
