@@ -12,9 +12,16 @@ from ia_continu.ml.data import MAX_SAMPLES, MIN_SAMPLES
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
+# generation_id is a 32-bit INTEGER column: a larger id cannot exist, and SQLite's driver
+# raised OverflowError (a 500) on ids beyond 2**63.
+MAX_ID = 2**31 - 1
+
+
 class _Strict(BaseModel):
     # Unknown fields are refused: a typo such as "sample" must not silently use a default.
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: true/false or "500" are not numbers of rows, hours or features
+    # (lax mode read {"features": [false, 0]} as [0.0, 0.0] and answered 200).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorResponse(BaseModel):
@@ -60,7 +67,9 @@ class PredictResponse(BaseModel):
 
 
 class RetrainRequest(_Strict):
-    generation_id: int | None = Field(None, ge=1, description="default: the latest dataset")
+    generation_id: int | None = Field(
+        None, ge=1, le=MAX_ID, description="default: the latest dataset"
+    )
 
 
 class RetrainResponse(BaseModel):
@@ -79,7 +88,9 @@ class RetrainResponse(BaseModel):
 
 
 class EvaluateRequest(_Strict):
-    generation_id: int | None = Field(None, ge=1, description="default: the latest dataset")
+    generation_id: int | None = Field(
+        None, ge=1, le=MAX_ID, description="default: the latest dataset"
+    )
 
 
 class EvaluateResponse(BaseModel):
