@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ia_continu.api.state import (
     AppState,
@@ -97,8 +99,26 @@ def create_app(
 
     app.include_router(predictions.router)
     _install_dashboard(app)
+    # Before the operations: inside the key check and the metrics (413s are counted).
+    _install_body_limit(app, max_bytes=settings.max_body_bytes)
     _install_operations(app, settings, api_keys=api_keys, instrument=instrument)
     return app
+
+
+def _install_body_limit(app: FastAPI, *, max_bytes: int) -> None:
+    """413 for bodies over IA_MAX_BODY_BYTES, before parsing; documented on every
+    operation that takes a body."""
+    from ia_continu.api.limits import BodySizeLimitMiddleware, document_body_limit
+
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_bytes)
+    build_openapi = app.openapi
+
+    def openapi_with_body_limit() -> dict[str, Any]:
+        schema = build_openapi()
+        document_body_limit(schema, max_bytes=max_bytes)  # idempotent
+        return schema
+
+    app.openapi = openapi_with_body_limit  # type: ignore[method-assign]
 
 
 def _install_dashboard(app: FastAPI) -> None:
@@ -145,6 +165,26 @@ def _install_error_handlers(app: FastAPI) -> None:
         # FastAPI's default handler echoes the input back, and an input such as NaN
         # cannot be encoded as JSON: that turned a client mistake into a 500.
         return JSONResponse(status_code=422, content={"detail": _clean_errors(exc.errors())})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers 400 "error parsing the body" when json.loads fails with something
+        # other than JSONDecodeError (bytes that are not UTF-8, nesting too deep): that is
+        # malformed JSON too, a 422 like the rest.
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            return JSONResponse(
+                status_code=422,
+                content={
+                    "detail": [
+                        {
+                            "type": "json_invalid",
+                            "loc": ["body"],
+                            "msg": f"JSON decode error: {type(exc.__cause__).__name__}",
+                        }
+                    ]
+                },
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
