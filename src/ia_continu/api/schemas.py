@@ -5,23 +5,38 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from ia_continu.ml.data import MAX_SAMPLES, MIN_SAMPLES
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+def _reject_bool_and_str(value: object) -> object:
+    # Pydantic's lax mode reads true as 1 and "500" as 500; JSON Schema's integer is a
+    # number with no fraction (284 or 284.0), never a boolean or a string.
+    if isinstance(value, bool | str | bytes):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
 
 
+# Bounds inside the type, before the validator: on the field of an "X | None" they reached
+# the OpenAPI schema as raw "ge"/"le" keys, which no client or fuzzer reads.
+_NotBoolOrStr = BeforeValidator(_reject_bool_and_str)
 # generation_id is a 32-bit INTEGER column: a larger id cannot exist, and SQLite's driver
 # raised OverflowError (a 500) on ids beyond 2**63.
-MAX_ID = 2**31 - 1
+GenerationId = Annotated[int, Field(ge=1, le=2**31 - 1), _NotBoolOrStr]
+Samples = Annotated[int, Field(ge=MIN_SAMPLES, le=MAX_SAMPLES), _NotBoolOrStr]
+# The largest integer every JSON client reads exactly (doubles): 2**63 - 1 is not.
+Seed = Annotated[int, Field(ge=0, le=2**53 - 1), _NotBoolOrStr]
+Hour = Annotated[int, Field(ge=0, le=23), _NotBoolOrStr]
+# Strict floats: true/false and "1" are not features (lax mode read {"features": [false, 0]}
+# as [0.0, 0.0] and answered 200); integers are accepted.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
 class _Strict(BaseModel):
     # Unknown fields are refused: a typo such as "sample" must not silently use a default.
-    # Strict types: true/false or "500" are not numbers of rows, hours or features
-    # (lax mode read {"features": [false, 0]} as [0.0, 0.0] and answered 200).
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorResponse(BaseModel):
@@ -35,10 +50,10 @@ class HealthResponse(BaseModel):
 
 
 class GenerateRequest(_Strict):
-    samples: int = Field(1000, ge=MIN_SAMPLES, le=MAX_SAMPLES, description="rows to generate")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="for reproducible data")
-    hour: int | None = Field(
-        None, ge=0, le=23, description="overrides the clock's hour for the odd-hour drift rule"
+    samples: Samples = Field(1000, description="rows to generate")
+    seed: Seed | None = Field(None, description="for reproducible data")
+    hour: Hour | None = Field(
+        None, description="overrides the clock's hour for the odd-hour drift rule"
     )
 
 
@@ -67,9 +82,7 @@ class PredictResponse(BaseModel):
 
 
 class RetrainRequest(_Strict):
-    generation_id: int | None = Field(
-        None, ge=1, le=MAX_ID, description="default: the latest dataset"
-    )
+    generation_id: GenerationId | None = Field(None, description="default: the latest dataset")
 
 
 class RetrainResponse(BaseModel):
@@ -88,9 +101,7 @@ class RetrainResponse(BaseModel):
 
 
 class EvaluateRequest(_Strict):
-    generation_id: int | None = Field(
-        None, ge=1, le=MAX_ID, description="default: the latest dataset"
-    )
+    generation_id: GenerationId | None = Field(None, description="default: the latest dataset")
 
 
 class EvaluateResponse(BaseModel):
