@@ -37,5 +37,10 @@ format: install ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
+DURATION ?= 600
+SOAK_ARGS ?=
+soak: install ## load `make run`'s stack for DURATION s (default 600; starts one if none answers): totals, p50/p99, RSS
+	$(VENV)/bin/python bench/soak.py --duration $(DURATION) $(SOAK_ARGS)
+
 clean: ## remove local data, MLflow store and caches (keeps .venv)
 	rm -rf data mlflow .pytest_cache .ruff_cache .mypy_cache bench/results
