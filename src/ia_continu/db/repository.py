@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -295,8 +295,18 @@ def load_feature_sample(
 # --- models ----------------------------------------------------------------------------
 
 
-def insert_model(engine: Engine, record: ModelRecord, *, activate: bool) -> ModelRecord:
-    """Store a trained model; with ``activate`` it becomes the only active one, atomically."""
+def insert_model(
+    engine: Engine,
+    record: ModelRecord,
+    *,
+    activate: bool,
+    before_commit: Callable[[], None] | None = None,
+) -> ModelRecord:
+    """Store a trained model; with ``activate`` it becomes the only active one, atomically.
+
+    ``before_commit`` runs inside the transaction, with the models table locked: if it
+    raises, nothing is stored (used to move MLflow's alias in step with the active row).
+    """
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         _lock_models(conn)
         if activate:
@@ -304,11 +314,18 @@ def insert_model(engine: Engine, record: ModelRecord, *, activate: bool) -> Mode
         values = _model_values(record)
         values["is_active"] = activate
         conn.execute(models.insert().values(**values))
+        if before_commit is not None:
+            before_commit()
     return _replace(record, is_active=activate)
 
 
-def activate_model(engine: Engine, version: str) -> ModelRecord | None:
-    """Make ``version`` the only active model. None when it does not exist."""
+def activate_model(
+    engine: Engine, version: str, *, before_commit: Callable[[], None] | None = None
+) -> ModelRecord | None:
+    """Make ``version`` the only active model. None when it does not exist.
+
+    ``before_commit`` as in ``insert_model``.
+    """
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         _lock_models(conn)
         exists = conn.execute(sa.select(models.c.id).where(models.c.version == version)).first()
@@ -320,6 +337,8 @@ def activate_model(engine: Engine, version: str) -> ModelRecord | None:
             .values(is_active=False)
         )
         conn.execute(models.update().where(models.c.version == version).values(is_active=True))
+        if before_commit is not None:
+            before_commit()
     return get_model(engine, version)
 
 

@@ -96,7 +96,9 @@ def retrain(
             generation_id=generation_id,
             now=now,
             run_prefix=run_prefix,
-            alias=registry.CHAMPION if activate else registry.CHALLENGER,
+            # The champion alias moves with the active row, below: set here, a failure
+            # between the two left MLflow's champion on a model nobody serves.
+            alias=None if activate else registry.CHALLENGER,
             extra_params={"hour_generated": dataset.hour, **(extra_params or {})},
         )
 
@@ -123,6 +125,7 @@ def retrain(
                 hour_parity=dataset.hour % 2,
             ),
             activate=activate,
+            before_commit=_move_champion(settings, run.registry_version) if activate else None,
         )
     return RetrainOutcome(
         record=record,
@@ -139,38 +142,36 @@ def retrain(
 def activate_version(*, settings: Settings, engine: Engine, version: str) -> repo.ModelRecord:
     """Make an existing version the champion again (rollback or promotion).
 
-    The MLflow alias moves first: if MLflow is down nothing changes (503 upstream).
+    The MLflow alias moves inside the activation's transaction: if MLflow is down nothing
+    changes (503 upstream), and if the database fails the alias has not moved.
     """
-    from ia_continu.ml import registry
-
     record = repo.get_model(engine, version)
     if record is None:
         raise UnknownModelError(f"model version {version!r} does not exist")
     model = model_from_record(record)  # before anything moves: it must be servable
-    previous = repo.get_active_model(engine)
+    save_model_file(settings.models_dir, model)
+    move = None
     if record.registry_version is not None:
-        registry.set_model_alias(
-            settings=settings, alias=registry.CHAMPION, registry_version=record.registry_version
-        )
-    try:
-        save_model_file(settings.models_dir, model)
-        activated = repo.activate_model(engine, version)
-    except Exception:
-        # Put the alias back: MLflow and the database must keep naming the same champion.
-        if (
-            record.registry_version is not None
-            and previous is not None
-            and previous.registry_version is not None
-        ):
-            with contextlib.suppress(Exception):
-                registry.set_model_alias(
-                    settings=settings,
-                    alias=registry.CHAMPION,
-                    registry_version=previous.registry_version,
-                )
-        raise
-    assert activated is not None
+        move = _move_champion(settings, record.registry_version)
+    activated = repo.activate_model(engine, version, before_commit=move)
+    if activated is None:  # deleted meanwhile
+        raise UnknownModelError(f"model version {version!r} does not exist")
     return activated
+
+
+def _move_champion(settings: Settings, registry_version: int) -> Callable[[], None]:
+    """Point MLflow's champion alias at ``registry_version``: run inside the database
+    transaction that activates the model, so that the alias and the active row change
+    together (a failure of either leaves both as they were; concurrent activations from
+    several processes are serialised by the transaction's lock on the models table)."""
+    from ia_continu.ml import registry
+
+    def move() -> None:
+        registry.set_model_alias(
+            settings=settings, alias=registry.CHAMPION, registry_version=registry_version
+        )
+
+    return move
 
 
 # --- the served model on local disk ------------------------------------------------------
