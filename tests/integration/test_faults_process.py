@@ -1,0 +1,179 @@
+"""The API process killed or stopped: SIGKILL during large /generate calls leaves no partial
+dataset; SIGTERM lets in-flight requests finish and exits 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.processes import ApiProcess, dataset_integrity, post
+
+pytestmark = pytest.mark.slow
+
+
+def _generate_until(url: str, stop: threading.Event, outcomes: list[object]) -> None:
+    with httpx.Client(timeout=60) as http:
+        while not stop.is_set():
+            try:
+                r = http.post(f"{url}/generate", json={"samples": 10_000})
+                outcomes.append(r.status_code)
+                if r.status_code == 200:
+                    outcomes.append(("id", r.json()["generation_id"]))
+            except httpx.HTTPError as exc:
+                outcomes.append(type(exc).__name__)
+                return  # the server is gone
+
+
+def test_sigkill_during_large_generate_leaves_no_partial_dataset(
+    database_url: str, mlflow_server: str, tmp_path: Path
+) -> None:
+    api = ApiProcess(root=tmp_path, database_url=database_url, mlflow_url=mlflow_server)
+    figures = []
+    try:
+        for round_ in range(3):
+            api.start()
+            if round_ == 0:
+                assert post(api.url, "/generate", {"samples": 100}).status_code == 200
+            stop = threading.Event()
+            outcomes: list[object] = []
+            threads = [
+                threading.Thread(target=_generate_until, args=(api.url, stop, outcomes))
+                for _ in range(8)
+            ]
+            for t in threads:
+                t.start()
+            # Let some finish, then kill every process while others are mid-insert.
+            deadline = time.monotonic() + 30
+            while outcomes.count(200) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            api.kill()
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            cut = [o for o in outcomes if isinstance(o, str)]
+            ok = [o[1] for o in outcomes if isinstance(o, tuple)]
+            assert cut, "no request was in flight when the server was killed"
+            assert all(o in (200, *cut) for o in outcomes if not isinstance(o, tuple))
+
+            api.start()  # a restart finds only whole datasets
+            datasets, orphans = dataset_integrity(database_url)
+            assert orphans == 0
+            assert all(count == stored for _, count, stored in datasets), datasets
+            assert set(ok) <= {gid for gid, _, _ in datasets}
+            # Datasets committed just before the kill (answer lost) are whole too.
+            r = post(api.url, "/generate", {"samples": 100})
+            assert r.status_code == 200
+            assert r.json()["generation_id"] not in {gid for gid, _, _ in datasets}
+            figures.append(
+                f"round {round_}: {len(ok)} answered, {len(cut)} cut by SIGKILL, "
+                f"{len(datasets)} datasets stored, all whole"
+            )
+            api.stop()
+    finally:
+        api.stop()
+    print("\n" + "\n".join(figures))
+
+
+def workers_warm(api: ApiProcess) -> bool:
+    """Every worker process has loaded scikit-learn and MLflow (protobuf) already."""
+    assert api.proc is not None
+    children = Path(f"/proc/{api.proc.pid}/task/{api.proc.pid}/children").read_text().split()
+    workers = [pid for pid in children if "spawn_main" in _cmdline(pid)]
+    assert len(workers) == api.workers, children
+    for pid in workers:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        if "sklearn" not in maps or "_upb" not in maps:
+            return False
+    return True
+
+
+def _cmdline(pid: str) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(
+    database_url: str, mlflow_server: str, tmp_path: Path
+) -> None:
+    api = ApiProcess(
+        root=tmp_path,
+        database_url=database_url,
+        mlflow_url=mlflow_server,
+        env={"IA_LOG_LEVEL": "info"},  # uvicorn's shutdown steps in the log
+    )
+    api.start()
+    try:
+        assert post(api.url, "/generate", {"samples": 1000, "seed": 1}).status_code == 200
+        assert post(api.url, "/retrain", timeout=300).status_code == 200
+        # Warm both workers: a worker importing scikit-learn and MLflow for its first
+        # retrain does not read new requests for seconds (GIL), and uvicorn's shutdown
+        # closes connections whose request it has not started reading.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for _ in range(10):
+                if workers_warm(api):
+                    break
+                warm = pool.map(
+                    lambda path: post(api.url, path, timeout=300).status_code,
+                    ["/retrain", "/evaluate"] * 4,
+                )
+                assert set(warm) == {200}
+        assert workers_warm(api)
+        answered_at: dict[str, float] = {}
+
+        def timed(name: str, call: Callable[[], httpx.Response]) -> Callable[[], int | str]:
+            def run() -> int | str:
+                try:
+                    status: int | str = call().status_code
+                except httpx.HTTPError as exc:
+                    status = f"{type(exc).__name__}: {exc}"
+                answered_at[name] = time.monotonic()
+                return status
+
+            return run
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            calls = {
+                **{
+                    f"retrain{i}": timed(
+                        f"retrain{i}", lambda: post(api.url, "/retrain", timeout=300)
+                    )
+                    for i in range(2)
+                },
+                **{
+                    f"generate{i}": timed(
+                        f"generate{i}", lambda: post(api.url, "/generate", {"samples": 10_000})
+                    )
+                    for i in range(6)
+                },
+                **{
+                    f"evaluate{i}": timed(f"evaluate{i}", lambda: post(api.url, "/evaluate", {}))
+                    for i in range(4)
+                },
+            }
+            futures: dict[str, Future[int | str]] = {
+                name: pool.submit(fn) for name, fn in calls.items()
+            }
+            time.sleep(1.0)  # every request sent and being served
+            sent_sigterm = time.monotonic()
+            assert api.proc is not None
+            api.proc.send_signal(signal.SIGTERM)
+            statuses = {name: f.result(timeout=120) for name, f in futures.items()}
+            code = api.proc.wait(timeout=60)
+        late = {n: round(t - sent_sigterm, 2) for n, t in answered_at.items() if t > sent_sigterm}
+        print(f"\nSIGTERM: {statuses}; exit {code}; answered s after the signal: {late}")
+        assert statuses == {name: 200 for name in calls}, api.log()[-4000:]
+        assert late, "every request had finished before the signal: nothing tested"
+        assert code == 0, api.log()[-3000:]
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{api.url}/health", timeout=2)
+        # The work those requests did is stored whole.
+        datasets, orphans = dataset_integrity(database_url)
+        assert orphans == 0 and all(count == stored for _, count, stored in datasets)
+    finally:
+        api.stop()
