@@ -170,6 +170,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
         assert statuses == {name: 200 for name in calls}, api.log()[-4000:]
         assert late, "every request had finished before the signal: nothing tested"
         assert code == 0, api.log()[-3000:]
+        # The workers' own log lines come out formatted, at the configured level.
+        assert "INFO ia_continu.api.routes.core: retrained v" in api.log()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{api.url}/health", timeout=2)
         # The work those requests did is stored whole.
