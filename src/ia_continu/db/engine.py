@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +55,55 @@ def _create_sqlite_engine(url: sa.URL, *, busy_timeout_ms: int, echo: bool) -> E
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
+    # One write transaction at a time per process, queued on a lock. Without it every
+    # waiting writer polls SQLite's busy handler (sleeps of up to 100 ms, then retry): under
+    # load a writer lost the race again and again past the busy timeout, and /generate
+    # answered 503 "database is locked" with a single API process. Writers of other
+    # processes still meet in SQLite's busy handler, one per process at most.
+    write_lock = threading.Lock()
+    timeout_s = busy_timeout_ms / 1000
+
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        writes = conn.get_execution_options().get("ia_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+        if not conn.get_execution_options().get("ia_write", False):
+            conn.exec_driver_sql("BEGIN")
+            return
+        start = time.monotonic()
+        if not write_lock.acquire(timeout=timeout_s):
+            raise sa.exc.OperationalError(
+                "BEGIN IMMEDIATE",
+                None,
+                sqlite3.OperationalError("database is locked (writers queued in this process)"),
+            )
+        try:
+            # The whole wait, queue included, stays within the busy timeout.
+            remaining_ms = max(1, int(busy_timeout_ms - 1000 * (time.monotonic() - start)))
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={remaining_ms}")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            write_lock.release()
+            raise
+        conn.info[_WRITE_LOCK_HELD] = True
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _end(conn: sa.Connection) -> None:
+        if conn.info.pop(_WRITE_LOCK_HELD, False):
+            write_lock.release()
+
+    # Safety nets: a connection invalidated or returned mid-transaction must not keep
+    # the lock (every later write of the process would wait, then fail).
+    @event.listens_for(engine, "invalidate")
+    @event.listens_for(engine, "checkin")
+    def _release_if_held(_dbapi_conn: Any, record: Any, *_: Any) -> None:
+        if record is not None and record.info.pop(_WRITE_LOCK_HELD, False):
+            write_lock.release()
 
     return engine
+
+
+_WRITE_LOCK_HELD = "ia_write_lock_held"
 
 
 def is_sqlite(engine: Engine) -> bool:
