@@ -374,8 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--api-port", type=int, default=int(os.environ.get("IA_PORT", 9000)))
     parser.add_argument("--mlflow-port", type=int, default=5000)
-    parser.add_argument("--prefect-port", type=int, default=4200)
-    parser.add_argument("--workers", type=int, default=2, help="when starting a stack")
+    parser.add_argument("--prefect-port", type=int, default=4200, help="0: not watched")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("IA_WORKERS", 1)),
+        help="API workers when starting a stack (default IA_WORKERS or 1, as make run)",
+    )
     parser.add_argument("--api-key", default=os.environ.get("IA_SOAK_API_KEY", ""))
     parser.add_argument("--sample-every", type=float, default=60.0, help="RSS trace period (s)")
     args = parser.parse_args(argv)
@@ -383,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     base_url = f"http://127.0.0.1:{args.api_port}"
     headers = {"X-API-Key": args.api_key} if args.api_key else None
     ports = {"api": args.api_port, "mlflow": args.mlflow_port, "prefect": args.prefect_port}
+    ports = {name: port for name, port in ports.items() if port}
     with ensure_stack(api_port=args.api_port, mlflow_port=args.mlflow_port, workers=args.workers):
         _prepare(base_url, headers)
         before = memory_snapshot(ports)
