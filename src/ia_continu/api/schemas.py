@@ -205,15 +205,10 @@ class FeatureDriftInfo(BaseModel):
 
 
 class MonitoringRunRequest(_Strict):
-    hour: int | None = Field(
-        None, ge=0, le=23, description="force a fresh batch generated as at this hour"
-    )
-    samples: int | None = Field(
-        None, ge=MIN_SAMPLES, le=MAX_SAMPLES, description="force a fresh batch of this size"
-    )
-    seed: int | None = Field(
-        None, ge=0, le=2**63 - 1, description="seed of the forced batch (reproducible data)"
-    )
+    # The types of /generate's fields: {"seed": false} was a seed of 0.
+    hour: Hour | None = Field(None, description="force a fresh batch generated as at this hour")
+    samples: Samples | None = Field(None, description="force a fresh batch of this size")
+    seed: Seed | None = Field(None, description="seed of the forced batch (reproducible data)")
 
 
 class MonitoringRun(BaseModel):

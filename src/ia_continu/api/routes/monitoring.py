@@ -36,7 +36,8 @@ def _to_schema(record: MonitoringRunRecord) -> MonitoringRun:
 @router.get("/history", response_model=MonitoringHistory, responses={422: _E, 503: _E})
 def history(
     limit: int = Query(20, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    # Bounded: past 2**63 SQLite's driver raised OverflowError (a 500), PostgreSQL a 503.
+    offset: int = Query(0, ge=0, le=2**31 - 1),
     state: AppState = Depends(get_state),
 ) -> MonitoringHistory:
     """Monitoring runs, newest first."""

@@ -90,7 +90,9 @@ async def prediction_timeseries(
     state: AppState = Depends(get_state),
 ) -> PredictionTimeseriesResponse:
     """Predictions per class and model version in fixed buckets (aligned on multiples of
-    ``bucket_seconds`` since the epoch, so the first may start before the window)."""
+    ``bucket_seconds`` since the epoch, so the first may start before the window).
+
+    At most 10,080 buckets: ``minutes * 60 / bucket_seconds <= 10080``, else 422."""
     if minutes * 60 / bucket_seconds > MAX_BUCKETS:
         raise RequestValidationError(
             [
