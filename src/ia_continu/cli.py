@@ -62,6 +62,7 @@ def serve(
         http="httptools",
         access_log=False,
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.keep_alive_timeout,
         env_file=None,
     )
 

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     port: int = Field(9000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
     log_level: str = "info"
+    # Seconds an idle keep-alive connection stays open. Longer than clients' own idle
+    # expiry (httpx 5 s, browsers and proxies up to 60 s): at uvicorn's default of 5 s the
+    # server closed connections that clients were reusing at that very moment, and the
+    # request failed with a reset ("server disconnected without sending a response").
+    keep_alive_timeout: int = Field(75, ge=1)
 
     # --- storage -----------------------------------------------------------------
     data_dir: Path = Path("./data")

@@ -179,3 +179,23 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
         assert orphans == 0 and all(count == stored for _, count, stored in datasets)
     finally:
         api.stop()
+
+
+def test_idle_keep_alive_connection_outlives_client_pool_expiry(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    """A connection idle for longer than httpx's 5 s pool expiry is still open: the client
+    closes it first, never the server while the client reuses it (at uvicorn's default of
+    5 s, about 1 request in 500 reusing a connection right then failed under load)."""
+    import socket
+
+    api = ApiProcess(
+        root=tmp_path, database_url=f"sqlite:///{tmp_path / 'ia.db'}", mlflow_url=mlflow_server
+    )
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with api, socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(6)  # idle past the 5 s of uvicorn's default keep-alive
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
