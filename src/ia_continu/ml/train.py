@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ class TrainingResult:
     hyperparameters: Hyperparameters
     x_test: NDArray[np.float64]
     y_test: NDArray[np.int64]
+    # Seconds spent in "fit" (split + fit) and "metrics" (held-out predictions + scores).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def train_model(
@@ -42,6 +45,9 @@ def train_model(
     random_state: int = 42,
 ) -> TrainingResult:
     """Stratified split, fit on the training part, measure on the held-out part."""
+    from ia_continu.ml.warmup import wait_until_warm
+
+    wait_until_warm()  # never import sklearn while the warm-up thread does
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
@@ -53,6 +59,7 @@ def train_model(
         )
     if counts.min() < 2:
         raise TrainingDataError("each class needs at least 2 rows for a stratified split")
+    started = time.perf_counter()
     x_train, x_test, y_train, y_test = train_test_split(
         dataset.features,
         dataset.target,
@@ -64,7 +71,9 @@ def train_model(
         C=hyperparameters.C, solver=hyperparameters.solver, max_iter=hyperparameters.max_iter
     )
     estimator.fit(x_train, y_train)
+    fitted = time.perf_counter()
     metrics = compute_metrics(y_test, estimator.predict(x_test))
+    timings = {"fit": fitted - started, "metrics": time.perf_counter() - fitted}
     return TrainingResult(
         estimator=estimator,
         metrics=metrics,
@@ -73,4 +82,13 @@ def train_model(
         hyperparameters=hyperparameters,
         x_test=x_test,
         y_test=y_test,
+        timings=timings,
     )
+
+
+def warm_up_training() -> None:
+    """Import scikit-learn and run one tiny fit (~2 s of imports and lazy
+    initialisation otherwise paid by the first retrain). See ml/warmup.py."""
+    from ia_continu.ml.data import generate_dataset
+
+    train_model(generate_dataset(200, hour=0, seed=0), hyperparameters=Hyperparameters())

@@ -1,0 +1,65 @@
+"""Paying the first retrain's one-off costs ahead of time, safely.
+
+The first retrain of a process imports scikit-learn, mlflow and skops and initialises
+them lazily: ~5 s of CPU. The API starts :func:`start_background_warm_up` once it is
+serving. Two threads importing mlflow at the same time can see a partially initialised
+module (its package imports are circular), so every entry point that imports these
+libraries calls :func:`wait_until_warm` first: it returns at once when no warm-up is
+pending, and otherwise waits for it (the caller would have paid for the imports anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+_cond = threading.Condition()
+_pending = 0
+_local = threading.local()  # marks the warm-up thread, which must not wait for itself
+
+
+def start_background_warm_up(delay: float = 0.0) -> threading.Thread:
+    """Warm up in a daemon thread after ``delay`` seconds (so that the first requests
+    do not compete with the imports for the GIL). From now until it is done, the
+    entry points wait for it instead of importing concurrently."""
+    global _pending
+    with _cond:
+        _pending += 1
+    thread = threading.Thread(target=_run, args=(delay,), name="ml-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _run(delay: float) -> None:
+    global _pending
+    _local.inside = True
+    try:
+        time.sleep(delay)
+        started = time.perf_counter()
+        warm_up()
+        log.info("ML warm-up done in %.1f s", time.perf_counter() - started)
+    except Exception as exc:  # only an optimisation: the entry points import on demand
+        log.warning("ML warm-up failed: %s", exc)
+    finally:
+        with _cond:
+            _pending -= 1
+            _cond.notify_all()
+
+
+def warm_up() -> None:
+    """Import and exercise scikit-learn and mlflow (no network, no database)."""
+    from ia_continu.ml import registry
+    from ia_continu.ml.train import warm_up_training
+
+    warm_up_training()
+    registry.warm_up()
+
+
+def wait_until_warm() -> None:
+    if getattr(_local, "inside", False):
+        return
+    with _cond:
+        _cond.wait_for(lambda: _pending == 0)
