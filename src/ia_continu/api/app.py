@@ -66,6 +66,10 @@ def create_app(
             log.warning("no model loaded at start-up: %s", exc)
         watcher = asyncio.create_task(watch_active_model(state), name="watch-active-model")
         start_prediction_logging(state)
+        if settings.warm_up_ml:  # first /retrain without ~5 s of imports (ml/warmup.py)
+            from ia_continu.ml.warmup import start_background_warm_up
+
+            start_background_warm_up(settings.warm_up_delay)
         try:
             yield
         finally:
@@ -90,6 +94,10 @@ def create_app(
     from ia_continu.api.routes import core
 
     app.include_router(core.router)
+
+    from ia_continu.api.routes import batch
+
+    app.include_router(batch.router)
 
     from ia_continu.api.routes import monitoring
 
