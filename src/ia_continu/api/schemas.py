@@ -81,6 +81,29 @@ class PredictResponse(BaseModel):
     timestamp: datetime
 
 
+MAX_BATCH_ROWS = 10_000
+FeatureRow = Annotated[
+    list[FiniteFloat], Field(min_length=2, max_length=2, description="[feature1, feature2]")
+]
+
+
+class BatchPredictRequest(_Strict):
+    instances: list[FeatureRow] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_BATCH_ROWS,
+        description=f"1 to {MAX_BATCH_ROWS} rows of [feature1, feature2]",
+        examples=[[[0.5, -1.2], [1.0, 2.0]]],
+    )
+
+
+class BatchPredictResponse(BaseModel):
+    predictions: list[Literal[0, 1]] = Field(description="one class per row, in order")
+    confidences: list[float] = Field(description="probability of each predicted class")
+    model_version: str
+    timestamp: datetime
+
+
 class RetrainRequest(_Strict):
     generation_id: GenerationId | None = Field(None, description="default: the latest dataset")
 

@@ -10,8 +10,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
+from ia_continu.api.body import body_openapi, parse_body
 from ia_continu.api.deps import get_state
 from ia_continu.api.schemas import (
     ErrorResponse,
@@ -82,10 +83,17 @@ def _local_hour(now: datetime, timezone: str) -> int:
 
 
 @router.post(
-    "/predict", response_model=PredictResponse, tags=["model"], responses={422: _E, 503: _E}
+    "/predict",
+    response_model=PredictResponse,
+    tags=["model"],
+    responses={422: _E, 503: _E},
+    openapi_extra=body_openapi(PredictRequest),
 )
-async def predict(body: PredictRequest, state: AppState = Depends(get_state)) -> Response:
+async def predict(request: Request) -> Response:
     """Predict from the model held in memory (never loaded per request)."""
+    # Hot path: body parsed by pydantic's JSON parser, no dependency injection (api/body.py).
+    body = parse_body(PredictRequest, await request.body())
+    state: AppState = request.app.state.ia
     model = state.model
     if model is None:
         raise HTTPException(503, NO_MODEL)

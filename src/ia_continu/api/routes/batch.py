@@ -1,0 +1,47 @@
+"""POST /predict/batch: many rows in one request, computed with numpy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from ia_continu.api.body import body_openapi, parse_body
+from ia_continu.api.routes.core import NO_MODEL
+from ia_continu.api.schemas import BatchPredictRequest, BatchPredictResponse, ErrorResponse
+from ia_continu.api.state import AppState
+
+router = APIRouter()
+_E = {"model": ErrorResponse}
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPredictResponse,
+    tags=["model"],
+    responses={422: _E, 503: _E},
+    openapi_extra=body_openapi(BatchPredictRequest),
+)
+async def predict_batch(request: Request) -> Response:
+    """Predict up to 10,000 rows at once: the same model and validation as /predict,
+    answers as parallel arrays (``predictions[i]``, ``confidences[i]`` for row i)."""
+    import numpy as np
+
+    body = parse_body(BatchPredictRequest, await request.body())
+    state: AppState = request.app.state.ia
+    model = state.model
+    if model is None:
+        raise HTTPException(503, NO_MODEL)
+    features = np.array(body.instances, dtype=np.float64)
+    classes, confidences = model.predict_batch(features)
+    content = {
+        "predictions": classes,
+        "confidences": confidences,
+        "model_version": model.version,
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+    # orjson writes numpy arrays directly (no per-element Python objects).
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )
