@@ -76,3 +76,12 @@ def test_retrain_reports_each_step_duration(client: Any, settings: Settings) -> 
     assert all(v >= 0 for v in outcome.timings.values())
     steps = sum(v for k, v in outcome.timings.items() if k.startswith("mlflow_"))
     assert steps <= outcome.timings["mlflow"]
+
+
+def test_retrain_answers_server_timing_header(client: Any) -> None:
+    client.post("/generate", json={"samples": 500, "hour": 2, "seed": 4})
+    r = client.post("/retrain")
+    assert r.status_code == 200
+    steps = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+    assert {"load_data", "fit", "metrics", "mlflow", "activation"} <= set(steps)
+    assert all(float(ms) >= 0 for ms in steps.values())
