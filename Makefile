@@ -9,7 +9,7 @@ export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast lint format typecheck bench soak clean
+.PHONY: help install run test test-fast lint format typecheck bench bench-smoke soak clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -44,3 +44,9 @@ soak: install ## load `make run`'s stack for DURATION s (default 600; starts one
 
 clean: ## remove local data, MLflow store and caches (keeps .venv)
 	rm -rf data mlflow .pytest_cache .ruff_cache .mypy_cache bench/results
+
+bench: install ## the benchmark suite (~6 min): one table, JSON in bench/results/
+	$(VENV)/bin/python -m bench
+
+bench-smoke: install ## every benchmark section with tiny sizes (keeps the bench working)
+	$(VENV)/bin/python -m bench --smoke

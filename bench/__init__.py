@@ -1,0 +1,1 @@
+"""The benchmark suite (`make bench`): figures against the stack's ceiling and the peers."""
