@@ -62,6 +62,7 @@ def test_retrain_reports_each_step_duration(client: Any, settings: Settings) -> 
     client.post("/generate", json={"samples": 500, "hour": 2, "seed": 4})
     outcome = lifecycle.retrain(settings=settings, engine=client.app.state.ia.engine)
     assert set(outcome.timings) == {
+        "warm_up_wait",
         "load_data",
         "fit",
         "metrics",

@@ -20,6 +20,7 @@ from ia_continu.db import repository as repo
 from ia_continu.ml.data import Dataset
 from ia_continu.ml.predictor import LinearModel
 from ia_continu.ml.train import Hyperparameters, TrainingResult, train_model
+from ia_continu.ml.warmup import wait_until_warm
 
 
 class NoDatasetError(LookupError):
@@ -39,8 +40,8 @@ class RetrainOutcome:
     run_name: str
     experiment_id: str
     generation_id: int
-    # Seconds per step: load_data, fit, metrics, mlflow (mlflow_run, mlflow_model_log,
-    # mlflow_registration, mlflow_alias, mlflow_finish), activation.
+    # Seconds per step: warm_up_wait, load_data, fit, metrics, mlflow (mlflow_run,
+    # mlflow_model_log, mlflow_registration, mlflow_alias, mlflow_finish), activation.
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -72,6 +73,9 @@ def retrain(
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
     now = now or datetime.now(UTC)
+
+    with clock("warm_up_wait"):  # non-zero only while the API's warm-up still runs
+        wait_until_warm()
 
     with clock("load_data"):
         if generation_id is None:

@@ -393,21 +393,24 @@ class _Laps:
             self._sink[name] = time.perf_counter() - started
 
 
-def warm_up() -> None:
-    """Import mlflow, its sklearn flavor, skops and the REST client machinery (~3-5 s
-    of CPU). Never touches the network. See ml/warmup.py."""
-    import mlflow.sklearn  # noqa: F401
-    import skops.io  # noqa: F401  (the model's serialisation format)
+def warm_up(result: TrainingResult) -> None:
+    """Import mlflow, its sklearn flavor, skops and the REST client machinery and save
+    ``result`` as an MLflow model in a temporary directory: the first retrain's ~3-5 s
+    of one-off CPU. Never touches the network. See ml/warmup.py."""
+    from types import SimpleNamespace
+
     from mlflow.entities import LoggedModelOutput, Metric  # noqa: F401
-    from mlflow.models import Model, infer_signature  # noqa: F401
     from mlflow.store.artifact.artifact_repository_registry import (  # noqa: F401
         get_artifact_repository,
     )
     from mlflow.tracking.context.registry import resolve_tags
 
     resolve_tags({})  # caches the source/user lookups
-    _pip_requirements()
     _executor()
+    _health_client()
+    with tempfile.TemporaryDirectory(prefix="ia-warm-up-") as tmp:
+        fake = SimpleNamespace(artifact_location=tmp, model_id="m-warm-up")
+        _save_model_files(result, fake, "warm-up", Path(tmp) / "model")
 
 
 def set_model_alias(*, settings: Settings, alias: str, registry_version: int) -> None:

@@ -86,9 +86,9 @@ def train_model(
     )
 
 
-def warm_up_training() -> None:
+def warm_up_training() -> TrainingResult:
     """Import scikit-learn and run one tiny fit (~2 s of imports and lazy
     initialisation otherwise paid by the first retrain). See ml/warmup.py."""
     from ia_continu.ml.data import generate_dataset
 
-    train_model(generate_dataset(200, hour=0, seed=0), hyperparameters=Hyperparameters())
+    return train_model(generate_dataset(200, hour=0, seed=0), hyperparameters=Hyperparameters())

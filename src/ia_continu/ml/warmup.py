@@ -54,8 +54,7 @@ def warm_up() -> None:
     from ia_continu.ml import registry
     from ia_continu.ml.train import warm_up_training
 
-    warm_up_training()
-    registry.warm_up()
+    registry.warm_up(warm_up_training())
 
 
 def wait_until_warm() -> None:
