@@ -504,8 +504,8 @@ def bench_growth(
         gen_rate = rows / line["generate_s"] if line["generate_s"] else float("nan")
         table.add(
             "growth",
-            f"{rows:>9,} rows: generate | retrain",
-            f"{line['generate_s']:.2f} s | {line['retrain_s']:.2f} s",
+            f"{rows:>9,} rows: generate / retrain",
+            f"{line['generate_s']:.2f} s / {line['retrain_s']:.2f} s",
             f"{gen_rate:,.0f} rows/s gen; load {line['load_data_s']:.2f} fit {line['fit_s']:.2f}",
         )
     if len(lines) >= 2:
