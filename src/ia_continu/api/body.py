@@ -20,7 +20,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def parse_body(model: type[M], raw: bytes) -> M:
     """Validate ``raw`` JSON against ``model``; 422 (RequestValidationError) otherwise."""
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
