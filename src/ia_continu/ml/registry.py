@@ -115,18 +115,35 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     return str(experiment_id)
 
 
-def _unique_run_name(client: Any, experiment_id: str, prefix: str, now: datetime) -> str:
+def _create_named_run(
+    client: Any, pool: Any, *, experiment_id: str, prefix: str, now: datetime, tags: dict[str, str]
+) -> tuple[Any, str]:
+    """Create the run ``<prefix>_<YYYYmmdd_HHMMSS>`` (``_2``, ``_3`` … when the name is
+    taken), searching for the taken names while the run is being created: one round
+    trip instead of two; the rare collision renames the new run."""
     base = f"{prefix}_{now:%Y%m%d_%H%M%S}"
-    taken = client.search_runs(
-        [experiment_id], filter_string=f"attributes.run_name LIKE '{base}%'", max_results=1000
+    search = pool.submit(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"attributes.run_name LIKE '{base}%'",
+        max_results=1000,
     )
-    names = {run.info.run_name for run in taken}
-    if base not in names:
-        return base
+    run = client.create_run(experiment_id, run_name=base, tags=tags)
+    try:
+        found = search.result()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    taken = {r.info.run_name for r in found if r.info.run_id != run.info.run_id}
+    name = base
     n = 2
-    while f"{base}_{n}" in names:
+    while name in taken:
+        name = f"{base}_{n}"
         n += 1
-    return f"{base}_{n}"
+    if name != base:
+        client.update_run(run.info.run_id, name=name)
+    return run, name
 
 
 def log_training_run(
@@ -172,7 +189,7 @@ def log_training_run(
 # What ``mlflow.sklearn.log_model(..., registered_model_name=...)`` does in MLflow 3, with
 # the same entities (run, logged model linked to the run, metrics linked to both, model
 # files, registered version whose source is ``models:/<model_id>``), but in 15 calls
-# instead of 28, the independent ones in parallel (8 sequential rounds): with a server that
+# instead of 28, the independent ones in parallel (7 sequential rounds): with a server that
 # answers each call in 10-50 ms, the call count is the cost of a retrain.
 _registered_models: set[tuple[str, str]] = set()
 _pool: Any = None
@@ -221,10 +238,11 @@ def _log_training_run(
             experiment_id = _experiment_id(
                 client, settings.mlflow_experiment, settings.mlflow_tracking_uri
             )
-            run_name = _unique_run_name(client, experiment_id, run_prefix, now)
             # The tags mlflow.start_run would add (user, source name and type).
             run_tags = resolve_tags(tags)
-            run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+            run, run_name = _create_named_run(
+                client, pool, experiment_id=experiment_id, prefix=run_prefix, now=now, tags=run_tags
+            )
         run_id = run.info.run_id
         model_id: str | None = None
         try:
