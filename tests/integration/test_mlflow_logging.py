@@ -49,6 +49,16 @@ def test_retrain_records_logged_model_linked_to_run_and_version(
     artifacts = {f.path for f in ml.list_logged_model_artifacts(model_id)}
     assert {"MLmodel", "model.skops", "requirements.txt"} <= artifacts
 
+    import mlflow
+    from mlflow.models import Model
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlmodel = Model.load(f"models:/{settings.model_name}/{body['model_version'][1:]}")
+    assert (mlmodel.model_id, mlmodel.run_id) == (model_id, body["run_id"])
+    assert mlmodel.artifact_path == logged.artifact_location
+    assert mlmodel.flavors["sklearn"]["serialization_format"] == "skops"
+    assert mlmodel.signature is not None
+
     version = ml.get_model_version(settings.model_name, body["model_version"][1:])
     assert version.source == f"models:/{model_id}"
     assert version.run_id == body["run_id"]

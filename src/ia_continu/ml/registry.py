@@ -216,98 +216,133 @@ def _log_training_run(
     tags: dict[str, str],
     timings: dict[str, float],
 ) -> RegisteredRun:
+    lap = _Laps(timings)
+    with _lock, tempfile.TemporaryDirectory(prefix="ia-model-") as tmp:
+        client = _client(settings)
+        pool = _executor()
+        # The model files (~20 ms of CPU) are written while the run is being created;
+        # only MLmodel is rewritten once the logged model's id is known.
+        model_dir = Path(tmp) / "model"
+        saving = pool.submit(_save_model_files, result, model_dir)
+        try:
+            return _log_with_saved_files(
+                client=client,
+                pool=pool,
+                saving=saving,
+                model_dir=model_dir,
+                settings=settings,
+                result=result,
+                generation_id=generation_id,
+                now=now,
+                run_prefix=run_prefix,
+                alias=alias,
+                extra_params=extra_params,
+                tags=tags,
+                lap=lap,
+            )
+        finally:
+            _wait_all([saving], raise_first=False)  # before the directory goes
+
+
+def _log_with_saved_files(
+    *,
+    client: Any,
+    pool: Any,
+    saving: Any,
+    model_dir: Path,
+    settings: Settings,
+    result: TrainingResult,
+    generation_id: int,
+    now: datetime,
+    run_prefix: str,
+    alias: str | None,
+    extra_params: dict[str, Any],
+    tags: dict[str, str],
+    lap: _Laps,
+) -> RegisteredRun:
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
     from mlflow.tracking.context.registry import resolve_tags
 
-    lap = _Laps(timings)
-    with _lock:  # one MLflow logging sequence at a time per process
-        client = _client(settings)
-        pool = _executor()
-        hp = result.hyperparameters
-        params = {
-            "C": hp.C,
-            "solver": hp.solver,
-            "max_iter": hp.max_iter,
-            "training_samples": result.training_samples,
-            "test_samples": result.test_samples,
-            "generation_id": generation_id,
-            **extra_params,
-        }
-        str_params = {k: str(v) for k, v in params.items()}
-        with lap("mlflow_run"):
-            experiment_id = _experiment_id(
-                client, settings.mlflow_experiment, settings.mlflow_tracking_uri
-            )
-            # The tags mlflow.start_run would add (user, source name and type).
-            run_tags = resolve_tags(tags)
-            run, run_name = _create_named_run(
-                client, pool, experiment_id=experiment_id, prefix=run_prefix, now=now, tags=run_tags
-            )
-        run_id = run.info.run_id
-        model_id: str | None = None
-        try:
-            with lap("mlflow_model_log"):
-                logged = client.create_logged_model(
-                    experiment_id,
-                    name="model",
-                    source_run_id=run_id,
-                    params=str_params,
-                    tags=run_tags,
-                )
-                model_id = logged.model_id
-                ts = int(now.timestamp() * 1000)
-                pending = [
-                    pool.submit(client.log_outputs, run_id, [LoggedModelOutput(model_id, step=0)]),
-                    # Metrics logged once, linked to the run and to the logged model.
-                    pool.submit(
-                        client.log_batch,
-                        run_id,
-                        metrics=[
-                            Metric(k, float(v), ts, 0, model_id=model_id, run_id=run_id)
-                            for k, v in result.metrics.as_dict().items()
-                        ],
-                        params=[Param(k, v) for k, v in str_params.items()],
-                    ),
-                ]
-                with tempfile.TemporaryDirectory(prefix="ia-model-") as tmp:
-                    files = _save_model_files(result, logged, run_id, Path(tmp) / "model")
-                    repo = _artifact_repository(logged.artifact_location, settings)
-                    pending += [pool.submit(repo.log_artifact, str(f)) for f in files]
-                    _wait_all(pending)
-                client.finalize_logged_model(model_id, LoggedModelStatus.READY)
-            with lap("mlflow_registration"):
-                version = _create_model_version(
-                    client, settings=settings, model_id=model_id, run_id=run_id
-                )
-            # The server itself tags the logged model with its registered version.
-            finishing = [pool.submit(client.set_terminated, run_id)]
-            with lap("mlflow_alias"):
-                if alias:
-                    client.set_registered_model_alias(settings.model_name, alias, str(version))
-            with lap("mlflow_finish"):
-                _wait_all(finishing)
-        except BaseException:
-            _mark_failed(client, run_id=run_id, model_id=model_id)
-            raise
-        return RegisteredRun(
-            run_id=run_id,
-            run_name=run_name,
-            experiment_id=experiment_id,
-            registry_version=version,
+    hp = result.hyperparameters
+    params = {
+        "C": hp.C,
+        "solver": hp.solver,
+        "max_iter": hp.max_iter,
+        "training_samples": result.training_samples,
+        "test_samples": result.test_samples,
+        "generation_id": generation_id,
+        **extra_params,
+    }
+    str_params = {k: str(v) for k, v in params.items()}
+    with lap("mlflow_run"):
+        experiment_id = _experiment_id(
+            client, settings.mlflow_experiment, settings.mlflow_tracking_uri
         )
+        # The tags mlflow.start_run would add (user, source name and type).
+        run_tags = resolve_tags(tags)
+        run, run_name = _create_named_run(
+            client, pool, experiment_id=experiment_id, prefix=run_prefix, now=now, tags=run_tags
+        )
+    run_id = run.info.run_id
+    model_id: str | None = None
+    try:
+        with lap("mlflow_model_log"):
+            logged = client.create_logged_model(
+                experiment_id,
+                name="model",
+                source_run_id=run_id,
+                params=str_params,
+                tags=run_tags,
+            )
+            model_id = logged.model_id
+            ts = int(now.timestamp() * 1000)
+            pending = [
+                pool.submit(client.log_outputs, run_id, [LoggedModelOutput(model_id, step=0)]),
+                # Metrics logged once, linked to the run and to the logged model.
+                pool.submit(
+                    client.log_batch,
+                    run_id,
+                    metrics=[
+                        Metric(k, float(v), ts, 0, model_id=model_id, run_id=run_id)
+                        for k, v in result.metrics.as_dict().items()
+                    ],
+                    params=[Param(k, v) for k, v in str_params.items()],
+                ),
+            ]
+            mlflow_model, files = saving.result()
+            _stamp_model_ids(mlflow_model, model_dir, logged=logged, run_id=run_id)
+            repo = _artifact_repository(logged.artifact_location, settings)
+            pending += [pool.submit(repo.log_artifact, str(f)) for f in files]
+            _wait_all(pending)
+            client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+        with lap("mlflow_registration"):
+            version = _create_model_version(
+                client, settings=settings, model_id=model_id, run_id=run_id
+            )
+        # The server itself tags the logged model with its registered version.
+        finishing = [pool.submit(client.set_terminated, run_id)]
+        with lap("mlflow_alias"):
+            if alias:
+                client.set_registered_model_alias(settings.model_name, alias, str(version))
+        with lap("mlflow_finish"):
+            _wait_all(finishing)
+    except BaseException:
+        _mark_failed(client, run_id=run_id, model_id=model_id)
+        raise
+    return RegisteredRun(
+        run_id=run_id,
+        run_name=run_name,
+        experiment_id=experiment_id,
+        registry_version=version,
+    )
 
 
-def _save_model_files(result: TrainingResult, logged: Any, run_id: str, path: Path) -> list[Path]:
+def _save_model_files(result: TrainingResult, path: Path) -> tuple[Any, list[Path]]:
     """The standard MLflow model directory (MLmodel, skops file, environments)."""
     import mlflow.sklearn
     from mlflow.models import Model, infer_signature
 
-    mlflow_model = Model(
-        artifact_path=logged.artifact_location,
-        model_uuid=logged.model_id,
-        run_id=run_id,
-        model_id=logged.model_id,
-    )
+    mlflow_model = Model()
     x_example = result.x_test[:5]
     mlflow.sklearn.save_model(
         result.estimator,
@@ -318,7 +353,20 @@ def _save_model_files(result: TrainingResult, logged: Any, run_id: str, path: Pa
         pip_requirements=_pip_requirements(),
         serialization_format="skops",
     )
-    return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return mlflow_model, files
+
+
+def _stamp_model_ids(mlflow_model: Any, path: Path, *, logged: Any, run_id: str) -> None:
+    """Write into MLmodel what ``log_model`` records there: the logged model's id, its
+    artifact location and the run."""
+    from mlflow.models.model import MLMODEL_FILE_NAME
+
+    mlflow_model.artifact_path = logged.artifact_location
+    mlflow_model.model_uuid = logged.model_id
+    mlflow_model.model_id = logged.model_id
+    mlflow_model.run_id = run_id
+    mlflow_model.save(str(path / MLMODEL_FILE_NAME))
 
 
 def _pip_requirements() -> list[str]:
@@ -386,7 +434,7 @@ def _mark_failed(client: Any, *, run_id: str, model_id: str | None) -> None:
             client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
 
 
-def _wait_all(futures: list[Any]) -> None:
+def _wait_all(futures: list[Any], *, raise_first: bool = True) -> None:
     """Wait for every future, then raise the first error (none is left running)."""
     errors = []
     for future in futures:
@@ -394,7 +442,7 @@ def _wait_all(futures: list[Any]) -> None:
             future.result()
         except BaseException as exc:
             errors.append(exc)
-    if errors:
+    if errors and raise_first:
         raise errors[0]
 
 
@@ -427,8 +475,9 @@ def warm_up(result: TrainingResult) -> None:
     _executor()
     _health_client()
     with tempfile.TemporaryDirectory(prefix="ia-warm-up-") as tmp:
+        mlflow_model, _ = _save_model_files(result, Path(tmp) / "model")
         fake = SimpleNamespace(artifact_location=tmp, model_id="m-warm-up")
-        _save_model_files(result, fake, "warm-up", Path(tmp) / "model")
+        _stamp_model_ids(mlflow_model, Path(tmp) / "model", logged=fake, run_id="warm-up")
 
 
 def set_model_alias(*, settings: Settings, alias: str, registry_version: int) -> None:
