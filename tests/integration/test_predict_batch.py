@@ -129,3 +129,16 @@ def test_predict_batch_is_documented_with_its_schema(client: Any) -> None:
         assert schema["additionalProperties"] is False
     responses = spec["paths"]["/predict/batch"]["post"]["responses"]
     assert {"200", "422", "503"} <= set(responses)
+
+
+def test_predict_batch_counts_each_prediction_in_metrics(client: Any) -> None:
+    from tests.integration.test_metrics import parse_metrics, sample_value
+
+    trained = _train(client)
+    rows = np.random.default_rng(2).normal(0, 2, (500, 2)).tolist()
+    predicted = client.post("/predict/batch", json={"instances": rows}).json()["predictions"]
+    m = parse_metrics(client.get("/metrics").text)
+    version = trained["model_version"]
+    for cls in (0, 1):
+        got = sample_value(m, "ia_predictions_total", model_version=version, prediction=str(cls))
+        assert got == predicted.count(cls)

@@ -35,6 +35,8 @@ async def predict_batch(request: Request) -> Response:
         raise HTTPException(503, NO_MODEL)
     features = np.array(body.instances, dtype=np.float64)
     classes, confidences = model.predict_batch(features)
+    if state.metrics is not None:
+        state.metrics.count_predictions(model.version, classes)
     content = {
         "predictions": classes,
         "confidences": confidences,
