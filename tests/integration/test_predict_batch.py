@@ -142,3 +142,12 @@ def test_predict_batch_counts_each_prediction_in_metrics(client: Any) -> None:
     for cls in (0, 1):
         got = sample_value(m, "ia_predictions_total", model_version=version, prediction=str(cls))
         assert got == predicted.count(cls)
+
+
+def test_prediction_routes_are_tried_first_and_documented_once(client: Any) -> None:
+    paths = [getattr(route, "path", None) for route in client.app.router.routes]
+    assert paths[:3] == ["/predict", "/predict/batch", "/health"]
+    spec = client.get("/openapi.json").json()
+    operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(operation_ids) == len(set(operation_ids))
+    assert client.get("/predict").status_code == 405  # method rules unchanged

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -110,6 +111,9 @@ def create_app(
     # Before the operations: inside the key check and the metrics (413s are counted).
     _install_body_limit(app, max_bytes=settings.max_body_bytes)
     _install_operations(app, settings, api_keys=api_keys, instrument=instrument)
+    _serve_first(
+        app, [(core.router, "/predict"), (batch.router, "/predict/batch"), (core.router, "/health")]
+    )
     return app
 
 
@@ -127,6 +131,26 @@ def _install_body_limit(app: FastAPI, *, max_bytes: int) -> None:
         return schema
 
     app.openapi = openapi_with_body_limit  # type: ignore[method-assign]
+
+
+def _serve_first(app: FastAPI, routes: list[tuple[APIRouter, str]]) -> None:
+    """Register these routes again at the head of the app's route list, hidden from the
+    OpenAPI document (which keeps documenting the originals).
+
+    Starlette tries routes in order, and FastAPI's own /docs routes come first, then each
+    included router adds a matching layer: reaching /predict cost ~20 µs of its ~100 µs
+    of CPU per request. The hot routes are tried first instead (same endpoints, same
+    middlewares and error handlers)."""
+    for router, path in reversed(routes):
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.path == path:
+                app.router.add_api_route(
+                    path,
+                    route.endpoint,
+                    methods=sorted(route.methods or ()),
+                    include_in_schema=False,
+                )
+                app.router.routes.insert(0, app.router.routes.pop())
 
 
 def _install_dashboard(app: FastAPI) -> None:
