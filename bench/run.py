@@ -533,7 +533,15 @@ def bench_growth(
 # --- the run ----------------------------------------------------------------------------------
 
 
-def run(plan: Plan, out_dir: Path, keep: bool = False) -> dict[str, Any]:
+SECTIONS = ("startup", "retrain", "batch", "generate", "predict", "workers2", "cli", "growth")
+
+
+def run(
+    plan: Plan, out_dir: Path, keep: bool = False, only: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    def want(section: str) -> bool:
+        return not only or section in only
+
     table = Table()
     results: dict[str, Any] = {"machine": machine_info(), "plan": plan.__dict__}
     print(f"ia-continu bench ({'smoke' if plan.smoke else 'full'}) on {results['machine']}")
@@ -548,7 +556,8 @@ def run(plan: Plan, out_dir: Path, keep: bool = False) -> dict[str, Any]:
         tracking = mlflow.url
         results["mlflow_server_ready_s"] = round(mlflow.ready_after or 0, 1)
 
-        results["startup"] = bench_startup(plan, work, tracking, table)
+        if want("startup"):
+            results["startup"] = bench_startup(plan, work, tracking, table)
 
         data_dir = work / "data"
         api = start_api(data_dir=data_dir, tracking_uri=tracking, log_dir=work / "logs")
@@ -570,12 +579,15 @@ def run(plan: Plan, out_dir: Path, keep: bool = False) -> dict[str, Any]:
         )
         wait_idle(api)
 
-        results["retrain"] = bench_retrain(plan, api, table)
-        results["predict_batch"] = bench_batch(plan, api, table)
-        results["generate"] = bench_generate(plan, api, table)
+        if want("retrain"):
+            results["retrain"] = bench_retrain(plan, api, table)
+        if want("batch"):
+            results["predict_batch"] = bench_batch(plan, api, table)
+        if want("generate"):
+            results["generate"] = bench_generate(plan, api, table)
 
         peer = None
-        if plan.peer:
+        if plan.peer and want("predict"):
             peer = start_models_serve(
                 model_uri=f"models:/{MODEL_NAME}@champion",
                 tracking_uri=tracking,
@@ -584,13 +596,20 @@ def run(plan: Plan, out_dir: Path, keep: bool = False) -> dict[str, Any]:
             servers.append(peer)
             peer.wait_ready("/ping", timeout=600)
             results["mlflow_models_serve_ready_s"] = round(peer.ready_after or 0, 1)
-        results["predict"] = bench_throughput(plan, wrk, api, peer, table)
-        results["memory_mb"] = {"api_1_worker": round(api.rss_mb(), 1)}
+        if want("predict"):
+            results["predict"] = bench_throughput(plan, wrk, api, peer, table)
+        memory = results["memory_mb"] = {"api_1_worker": round(api.rss_mb(), 1)}
+        table.add(
+            "memory", "API RSS, 1 worker (after the ML warm-up)", f"{memory['api_1_worker']:.0f} MB"
+        )
         if peer is not None:
-            results["memory_mb"]["mlflow_models_serve"] = round(peer.rss_mb(), 1)
+            memory["mlflow_models_serve"] = round(peer.rss_mb(), 1)
+            table.add(
+                "memory", "mlflow models serve RSS", f"{memory['mlflow_models_serve']:.0f} MB"
+            )
             peer.stop()
 
-        if plan.workers2:
+        if plan.workers2 and want("workers2"):
             api2 = start_api(
                 data_dir=data_dir, tracking_uri=tracking, workers=2, log_dir=work / "logs"
             )
@@ -600,11 +619,17 @@ def run(plan: Plan, out_dir: Path, keep: bool = False) -> dict[str, Any]:
             wait_idle(api2)  # each worker's background ML warm-up
             results["workers2"] = bench_throughput(plan, wrk, api2, None, table, "2 workers")
             results["workers2"]["ready_s"] = round(api2.ready_after or 0, 3)
-            results["memory_mb"]["api_2_workers"] = round(api2.rss_mb(), 1)
+            memory["api_2_workers"] = round(api2.rss_mb(), 1)
+            table.add(
+                "memory", "API RSS, 2 workers + supervisor", f"{memory['api_2_workers']:.0f} MB"
+            )
             api2.stop()
 
-        results["cli_generate"] = bench_cli_generate(plan, work, data_dir, table)
-        results["growth"] = bench_growth(plan, work, data_dir, api, table, results["cli_generate"])
+        if want("cli"):
+            results["cli_generate"] = bench_cli_generate(plan, work, data_dir, table)
+        if want("growth"):
+            done = results.get("cli_generate", {"rows": None})
+            results["growth"] = bench_growth(plan, work, data_dir, api, table, done)
     finally:
         for server in reversed(servers):
             server.stop()
@@ -658,6 +683,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, every section")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated sections among {', '.join(SECTIONS)}"
+    )
     args = parser.parse_args(argv)
-    run(SMOKE if args.smoke else FULL, args.out, keep=args.keep)
+    only = frozenset(filter(None, args.only.split(",")))
+    if unknown := only - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    run(SMOKE if args.smoke else FULL, args.out, keep=args.keep, only=only)
     return 0
