@@ -588,13 +588,7 @@ def run(
 
         peer = None
         if plan.peer and want("predict"):
-            peer = start_models_serve(
-                model_uri=f"models:/{MODEL_NAME}@champion",
-                tracking_uri=tracking,
-                log_dir=work / "logs",
-            )
-            servers.append(peer)
-            peer.wait_ready("/ping", timeout=600)
+            peer = start_peer(tracking, work, servers)
             results["mlflow_models_serve_ready_s"] = round(peer.ready_after or 0, 1)
         if want("predict"):
             results["predict"] = bench_throughput(plan, wrk, api, peer, table)
@@ -654,6 +648,25 @@ def run(
     print(table.render())
     print(f"\nwritten: {out_dir / (name + '.json')}")
     return results
+
+
+def start_peer(tracking: str, work: Path, servers: list[Server], attempts: int = 2) -> Server:
+    """`mlflow models serve` on the champion; a second attempt on another port if the
+    first one dies during start-up (a port taken meanwhile, a tracking-server hiccup)."""
+    for attempt in range(attempts):
+        peer = start_models_serve(
+            model_uri=f"models:/{MODEL_NAME}@champion", tracking_uri=tracking, log_dir=work / "logs"
+        )
+        servers.append(peer)
+        try:
+            peer.wait_ready("/ping", timeout=600)
+            return peer
+        except RuntimeError as exc:
+            peer.stop()
+            if attempt == attempts - 1:
+                raise
+            print(f"retrying: {exc}", flush=True)
+    raise AssertionError("unreachable")
 
 
 def wait_idle(server: Server, timeout: float = 120.0, window: float = 1.0) -> None:

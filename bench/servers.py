@@ -106,7 +106,8 @@ class Server:
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
+                    f"{self.name} exited with {self.process.returncode}; "
+                    f"the end of {self.log_path}:\n{self.log_tail()}"
                 )
             if http_status(self.port, path, timeout=1.0) == 200:
                 self.ready_after = time.perf_counter() - self.started_at
@@ -114,6 +115,12 @@ class Server:
                 return self.ready_after
             time.sleep(poll)
         raise TimeoutError(f"{self.name} not ready on {path} within {timeout} s")
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is not None:
@@ -139,8 +146,12 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], log_path: Path, port
     return Server(name=name, port=port, process=process, log_path=log_path, started_at=started)
 
 
+# Settings of the calling process (a test run, a shell) that must not leak into servers.
+_NOT_INHERITED = ("IA_", "PROMETHEUS_MULTIPROC_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def _base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
     # `mlflow models serve` runs `uvicorn` from PATH: the project's venv first.
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
