@@ -188,7 +188,7 @@ def log_training_run(
 
 # What ``mlflow.sklearn.log_model(..., registered_model_name=...)`` does in MLflow 3, with
 # the same entities (run, logged model linked to the run, metrics linked to both, model
-# files, registered version whose source is ``models:/<model_id>``), but in 15 calls
+# files, registered version whose source is ``models:/<model_id>``), but in 16 calls
 # instead of 28, the independent ones in parallel (7 sequential rounds): with a server that
 # answers each call in 10-50 ms, the call count is the cost of a retrain.
 _registered_models: set[tuple[str, str]] = set()
