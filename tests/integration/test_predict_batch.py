@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -151,3 +152,32 @@ def test_prediction_routes_are_tried_first_and_documented_once(client: Any) -> N
     operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
     assert len(operation_ids) == len(set(operation_ids))
     assert client.get("/predict").status_code == 405  # method rules unchanged
+
+
+def test_predict_batch_logs_every_row_like_predict(make_settings: Any, database_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from ia_continu.api.app import create_app
+    from ia_continu.db import repository as repo
+    from ia_continu.db.engine import create_db_engine
+    from ia_continu.db.migrate import upgrade_database
+    from tests.integration.test_prediction_log import _seed_model
+
+    engine = create_db_engine(database_url)
+    upgrade_database(engine)
+    _seed_model(engine)
+    settings = make_settings(database_url=database_url, prediction_log_flush_interval=3600)
+    rows = np.random.default_rng(4).normal(0, 2, (300, 2)).tolist()
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/predict/batch", json={"instances": rows}).json()
+        assert client.app.state.ia.predlog.counters().queued == 300
+    stored = repo.list_recent_predictions(engine, limit=1000)
+    engine.dispose()
+    got = sorted((r.feature1, r.feature2, r.prediction, round(r.confidence, 12)) for r in stored)
+    expected = sorted(
+        (f[0], f[1], p, round(c, 12))
+        for f, p, c in zip(rows, answer["predictions"], answer["confidences"], strict=True)
+    )
+    assert got == expected
+    assert {r.created_at for r in stored} == {datetime.fromisoformat(answer["timestamp"])}
+    assert {r.model_version for r in stored} == {answer["model_version"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -37,11 +38,15 @@ async def predict_batch(request: Request) -> Response:
     classes, confidences = model.predict_batch(features)
     if state.metrics is not None:
         state.metrics.count_predictions(model.version, classes)
+    now_us = time.time_ns() // 1000
+    if state.predlog is not None:  # queued; written later by a background task
+        state.predlog.log_many(model.version, features, classes, confidences, now_us)
     content = {
         "predictions": classes,
         "confidences": confidences,
         "model_version": model.version,
-        "timestamp": datetime.now(UTC).isoformat(),
+        # Exact for integer microseconds: the logged time and this one are equal.
+        "timestamp": datetime.fromtimestamp(now_us / 1_000_000, UTC).isoformat(),
     }
     # orjson writes numpy arrays directly (no per-element Python objects).
     return Response(
