@@ -177,5 +177,26 @@ def dataset_integrity(database_url: str) -> tuple[list[tuple[int, int, int]], in
     return [(r[0], r[1], r[2]) for r in rows], int(orphans)
 
 
+def count_predictions(database_url: str) -> int:
+    """Rows in the prediction log."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT COUNT(*) FROM predictions")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def logged_versions(database_url: str) -> set[str]:
+    """The model versions named in the prediction log."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT DISTINCT model_version FROM predictions"))
+            return {r[0] for r in rows}
+    finally:
+        engine.dispose()
+
+
 def post(url: str, path: str, body: object = None, timeout: float = 120) -> httpx.Response:
     return httpx.post(f"{url}{path}", json=body, timeout=timeout)

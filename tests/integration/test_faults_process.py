@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.processes import ApiProcess, dataset_integrity, post
+from tests.integration.processes import ApiProcess, count_predictions, dataset_integrity, post
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,11 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
         root=tmp_path,
         database_url=database_url,
         mlflow_url=mlflow_server,
-        env={"IA_LOG_LEVEL": "info"},  # uvicorn's shutdown steps in the log
+        env={
+            "IA_LOG_LEVEL": "info",  # uvicorn's shutdown steps in the log
+            # Logged predictions stay queued until shutdown: only the final flush writes them.
+            "IA_PREDICTION_LOG_FLUSH_INTERVAL": "3600",
+        },
     )
     api.start()
     try:
@@ -124,6 +128,13 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
                 )
                 assert set(warm) == {200}
         assert workers_warm(api)
+        with httpx.Client(timeout=60) as http:
+            predicted = sum(
+                http.post(f"{api.url}/predict", json={"features": [i / 100, -1.0]}).status_code
+                == 200
+                for i in range(400)
+            )
+        assert predicted == 400 and count_predictions(database_url) == 0
         answered_at: dict[str, float] = {}
 
         def timed(name: str, call: Callable[[], httpx.Response]) -> Callable[[], int | str]:
@@ -174,6 +185,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
         assert "INFO ia_continu.api.routes.core: retrained v" in api.log()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{api.url}/health", timeout=2)
+        # Every logged prediction of both workers was written at shutdown.
+        assert count_predictions(database_url) == predicted
         # The work those requests did is stored whole.
         datasets, orphans = dataset_integrity(database_url)
         assert orphans == 0 and all(count == stored for _, count, stored in datasets)
