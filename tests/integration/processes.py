@@ -177,6 +177,26 @@ def dataset_integrity(database_url: str) -> tuple[list[tuple[int, int, int]], in
     return [(r[0], r[1], r[2]) for r in rows], int(orphans)
 
 
+def server_connections(port: int) -> tuple[int, int]:
+    """(accepted, waiting in the listen backlog) established connections to ``port``.
+
+    A connection still in the backlog has no socket inode yet: no worker has accepted
+    it, so no worker has started on its request."""
+    accepted = waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                    if inode == "0":
+                        waiting += 1
+                    else:
+                        accepted += 1
+    return accepted, waiting
+
+
 def count_predictions(database_url: str) -> int:
     """Rows in the prediction log."""
     engine = sa.create_engine(database_url)

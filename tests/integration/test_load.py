@@ -72,7 +72,7 @@ def test_load_mixed_routes_two_workers_keeps_data_consistent(
         assert set(stats.trained_versions) <= set(versions)
         assert sum(m["is_active"] for m in models["models"]) == 1
         active = versions[models["active_version"]]
-        registry = MlflowClient(tracking_uri=mlflow_server)
+        registry = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
         registered = {
             int(mv.version) for mv in registry.search_model_versions(f"name='{api.model_name}'")
         }
