@@ -177,5 +177,46 @@ def dataset_integrity(database_url: str) -> tuple[list[tuple[int, int, int]], in
     return [(r[0], r[1], r[2]) for r in rows], int(orphans)
 
 
+def server_connections(port: int) -> tuple[int, int]:
+    """(accepted, waiting in the listen backlog) established connections to ``port``.
+
+    A connection still in the backlog has no socket inode yet: no worker has accepted
+    it, so no worker has started on its request."""
+    accepted = waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                    if inode == "0":
+                        waiting += 1
+                    else:
+                        accepted += 1
+    return accepted, waiting
+
+
+def count_predictions(database_url: str) -> int:
+    """Rows in the prediction log."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT COUNT(*) FROM predictions")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def logged_versions(database_url: str) -> set[str]:
+    """The model versions named in the prediction log."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT DISTINCT model_version FROM predictions"))
+            return {r[0] for r in rows}
+    finally:
+        engine.dispose()
+
+
 def post(url: str, path: str, body: object = None, timeout: float = 120) -> httpx.Response:
     return httpx.post(f"{url}{path}", json=body, timeout=timeout)

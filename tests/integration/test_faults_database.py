@@ -113,9 +113,9 @@ def test_sqlite_locked_by_another_process_503_then_recovers(
         # The retrains refused during the outage did not move MLflow's champion alias.
         active = httpx.get(f"{api.url}/models").json()
         registry_version = next(m["registry_version"] for m in active["models"] if m["is_active"])
-        champion = MlflowClient(tracking_uri=mlflow_server).get_model_version_by_alias(
-            api.model_name, "champion"
-        )
+        champion = MlflowClient(
+            tracking_uri=mlflow_server, registry_uri=mlflow_server
+        ).get_model_version_by_alias(api.model_name, "champion")
         assert int(champion.version) == registry_version
         assert api.proc is not None and api.proc.poll() is None and api.starts == 1
         datasets, orphans = dataset_integrity(f"sqlite:///{db_file}")

@@ -105,7 +105,7 @@ def _active(url: str) -> str | None:
 
 def _champion(mlflow_url: str, model_name: str) -> int:
     return int(
-        MlflowClient(tracking_uri=mlflow_url)
+        MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
         .get_model_version_by_alias(model_name, "champion")
         .version
     )

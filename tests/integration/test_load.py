@@ -13,7 +13,13 @@ import sqlalchemy as sa
 from bench.soak import run_load
 from mlflow import MlflowClient
 
-from tests.integration.processes import ApiProcess, dataset_integrity, post
+from tests.integration.processes import (
+    ApiProcess,
+    count_predictions,
+    dataset_integrity,
+    logged_versions,
+    post,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +30,10 @@ CLIENTS = 50
 def test_load_mixed_routes_two_workers_keeps_data_consistent(
     database_url: str, mlflow_server: str, tmp_path: Path
 ) -> None:
-    with ApiProcess(root=tmp_path, database_url=database_url, mlflow_url=mlflow_server) as api:
+    env = {"IA_LOG_LEVEL": "info"}  # the log file tells which worker served what, when
+    with ApiProcess(
+        root=tmp_path, database_url=database_url, mlflow_url=mlflow_server, env=env
+    ) as api:
         assert post(api.url, "/generate", {"samples": 1000, "seed": 1}).status_code == 200
         first = post(api.url, "/retrain", timeout=300)
         assert first.status_code == 200, first.text
@@ -63,13 +72,21 @@ def test_load_mixed_routes_two_workers_keeps_data_consistent(
         assert set(stats.trained_versions) <= set(versions)
         assert sum(m["is_active"] for m in models["models"]) == 1
         active = versions[models["active_version"]]
-        registry = MlflowClient(tracking_uri=mlflow_server)
+        registry = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
         registered = {
             int(mv.version) for mv in registry.search_model_versions(f"name='{api.model_name}'")
         }
         assert {m["registry_version"] for m in models["models"]} <= registered
         champion = registry.get_model_version_by_alias(api.model_name, "champion")
         assert int(champion.version) == active["registry_version"]
+        # The prediction log (written in the background): every answered /predict, each
+        # under a registered version.
+        predicted = sum(n for (route, status), n in stats.statuses.items() if route == "/predict")
+        deadline = time.monotonic() + 10
+        while count_predictions(database_url) < predicted and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert count_predictions(database_url) == predicted
+        assert logged_versions(database_url) <= set(versions)
         # Every worker serves the active model (each polls it every 0.2 s).
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

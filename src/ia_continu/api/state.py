@@ -53,6 +53,17 @@ class AppState:
         if self.metrics is not None:
             self.metrics.set_served_version(model.version)
 
+    def model_or_load(self) -> LinearModel | None:
+        """The served model; with none loaded yet, the database is asked first (blocking:
+        run in a thread). Another worker may have trained the first model a moment ago:
+        answering "no model is trained yet" until this process's next poll was false."""
+        if self.model is None:
+            try:
+                self.refresh_model()
+            except Exception as exc:  # database unavailable: there is no model to offer
+                log.warning("cannot load the active model: %s", exc)
+        return self.model
+
     def refresh_model(self) -> None:
         """Serve whatever model the database says is active (blocking: run in a thread)."""
         from ia_continu.db import repository as repo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -96,7 +97,9 @@ async def predict(request: Request) -> Response:
     state: AppState = request.app.state.ia
     model = state.model
     if model is None:
-        raise HTTPException(503, NO_MODEL)
+        model = await asyncio.to_thread(state.model_or_load)
+        if model is None:
+            raise HTTPException(503, NO_MODEL)
     x1, x2 = body.features
     prediction, confidence = model.predict_one(x1, x2)
     if state.metrics is not None:
@@ -195,7 +198,7 @@ def evaluate(
     from ia_continu.ml.evaluate import compute_metrics
 
     body = body or EvaluateRequest()
-    model = state.model
+    model = state.model_or_load()
     if model is None:
         raise HTTPException(503, NO_MODEL)
     generation_id = body.generation_id
