@@ -218,5 +218,11 @@ def logged_versions(database_url: str) -> set[str]:
         engine.dispose()
 
 
-def post(url: str, path: str, body: object = None, timeout: float = 120) -> httpx.Response:
-    return httpx.post(f"{url}{path}", json=body, timeout=timeout)
+def post(
+    url: str,
+    path: str,
+    body: object = None,
+    timeout: float = 120,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=timeout, headers=headers)

@@ -25,20 +25,28 @@ pytestmark = pytest.mark.slow
 
 LOAD_SECONDS = 10
 CLIENTS = 50
+# Write routes need a key (the default once keys are set); /predict stays open.
+KEY = {"X-API-Key": "load-test-key"}
 
 
 def test_load_mixed_routes_two_workers_keeps_data_consistent(
     database_url: str, mlflow_server: str, tmp_path: Path
 ) -> None:
-    env = {"IA_LOG_LEVEL": "info"}  # the log file tells which worker served what, when
+    env = {
+        "IA_LOG_LEVEL": "info",  # the log file tells which worker served what, when
+        "IA_API_KEYS": "other-key," + KEY["X-API-Key"],
+    }
     with ApiProcess(
         root=tmp_path, database_url=database_url, mlflow_url=mlflow_server, env=env
     ) as api:
-        assert post(api.url, "/generate", {"samples": 1000, "seed": 1}).status_code == 200
-        first = post(api.url, "/retrain", timeout=300)
+        r = post(api.url, "/generate", {"samples": 1000, "seed": 1}, headers=KEY)
+        assert r.status_code == 200, r.text
+        first = post(api.url, "/retrain", timeout=300, headers=KEY)
         assert first.status_code == 200, first.text
 
-        stats = asyncio.run(run_load(api.url, duration=LOAD_SECONDS, clients=CLIENTS, seed=7))
+        stats = asyncio.run(
+            run_load(api.url, duration=LOAD_SECONDS, clients=CLIENTS, seed=7, headers=KEY)
+        )
         print(f"\n[load {sa.make_url(database_url).get_backend_name()}]\n{stats.report()}")
 
         # Zero 5xx, zero failed connections; every route was exercised.
@@ -87,6 +95,9 @@ def test_load_mixed_routes_two_workers_keeps_data_consistent(
             time.sleep(0.2)
         assert count_predictions(database_url) == predicted
         assert logged_versions(database_url) <= set(versions)
+        # Keys still checked after the load; /predict open to all.
+        assert post(api.url, "/generate", {"samples": 100}).status_code == 401
+        assert post(api.url, "/predict", {"features": [0.1, 0.2]}).status_code == 200
         # Every worker serves the active model (each polls it every 0.2 s).
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
