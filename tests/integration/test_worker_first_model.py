@@ -19,9 +19,12 @@ def test_first_model_trained_by_another_worker_is_served_at_once(settings: Setti
     ):
         assert b.post("/predict", json={"features": [1, 2]}).status_code == 503
         assert b.post("/evaluate").status_code == 503
+        assert b.post("/predict/batch", json={"instances": [[1, 2]]}).status_code == 503
         a.post("/generate", json={"samples": 300, "seed": 1})
         trained = a.post("/retrain").json()["model_version"]
         r = b.post("/predict", json={"features": [1, 2]})
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == trained
         assert b.post("/evaluate").json()["model_version"] == trained
+        batch = b.post("/predict/batch", json={"instances": [[1, 2]]})
+        assert batch.status_code == 200 and batch.json()["model_version"] == trained

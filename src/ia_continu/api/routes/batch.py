@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -32,8 +33,10 @@ async def predict_batch(request: Request) -> Response:
     body = parse_body(BatchPredictRequest, await request.body())
     state: AppState = request.app.state.ia
     model = state.model
-    if model is None:
-        raise HTTPException(503, NO_MODEL)
+    if model is None:  # the first model may have been trained by another worker just now
+        model = await asyncio.to_thread(state.model_or_load)
+        if model is None:
+            raise HTTPException(503, NO_MODEL)
     features = np.array(body.instances, dtype=np.float64)
     classes, confidences = model.predict_batch(features)
     if state.metrics is not None:
