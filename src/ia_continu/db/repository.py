@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from itertools import chain
 from typing import Any
@@ -816,18 +818,34 @@ def list_recent_predictions(engine: Engine, *, limit: int = 100) -> list[Predict
     ]
 
 
+def _finite_mean(total: Decimal | float, count: int) -> float | None:
+    """The mean as a float; None without rows, or where SQLite's float sum overflowed."""
+    if not count:
+        return None
+    mean = float(total / count)
+    return mean if math.isfinite(mean) else None
+
+
 def summarize_predictions(engine: Engine, *, since: datetime) -> PredictionSummary:
     """Traffic since ``since``: counts per class, feature means and, per model version,
     counts and mean confidence. One grouped query; the totals are sums of its groups."""
     p = predictions.c
+    # Features are any finite floats: PostgreSQL's float SUM failed with "value out of
+    # range" past 1.8e308 (the stats answered 503 for the whole window after one
+    # /predict with [1e308, 1e308]). A numeric sum is exact; the mean is then finite.
+    exact = engine.dialect.name == "postgresql"
+
+    def total(column: sa.ColumnElement[float]) -> sa.ColumnElement[Any]:
+        return sa.func.sum(sa.cast(column, sa.Numeric) if exact else column)
+
     stmt = (
         sa.select(
             p.model_version,
             p.prediction,
             sa.func.count(),
             sa.func.sum(p.confidence),
-            sa.func.sum(p.feature1),
-            sa.func.sum(p.feature2),
+            total(p.feature1),
+            total(p.feature2),
         )
         .where(p.created_at >= _utc(since))
         .group_by(p.model_version, p.prediction)
@@ -836,7 +854,9 @@ def summarize_predictions(engine: Engine, *, since: datetime) -> PredictionSumma
         groups = conn.execute(stmt).all()
     per_version: dict[str, list[float]] = {}  # version -> [class_0, class_1, confidence sum]
     count = class_1 = 0
-    sum1 = sum2 = 0.0
+    # Exact on PostgreSQL (numeric sums); on SQLite a sum past 1.8e308 is already inf.
+    sum1: Decimal | float = Decimal(0) if exact else 0.0
+    sum2: Decimal | float = Decimal(0) if exact else 0.0
     for version, prediction, n, conf_sum, f1_sum, f2_sum in groups:
         n = int(n)
         acc = per_version.setdefault(version, [0, 0, 0.0])
@@ -844,14 +864,14 @@ def summarize_predictions(engine: Engine, *, since: datetime) -> PredictionSumma
         acc[2] += float(conf_sum)
         count += n
         class_1 += n if prediction == 1 else 0
-        sum1 += float(f1_sum)
-        sum2 += float(f2_sum)
+        sum1 += f1_sum  # Decimal + Decimal, or float + float
+        sum2 += f2_sum
     return PredictionSummary(
         count=count,
         class_0=count - class_1,
         class_1=class_1,
-        feature1_mean=sum1 / count if count else None,
-        feature2_mean=sum2 / count if count else None,
+        feature1_mean=_finite_mean(sum1, count),
+        feature2_mean=_finite_mean(sum2, count),
         by_model_version={
             version: VersionTraffic(
                 count=int(c0 + c1),
