@@ -220,9 +220,23 @@ def test_idle_keep_alive_connection_outlives_client_pool_expiry(
         root=tmp_path, database_url=f"sqlite:///{tmp_path / 'ia.db'}", mlflow_url=mlflow_server
     )
     request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def read_response(sock: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data  # closed by the server
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += sock.recv(65536)
+        return head
+
     with api, socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
         sock.sendall(request)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
         time.sleep(6)  # idle past the 5 s of uvicorn's default keep-alive
         sock.sendall(request)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
