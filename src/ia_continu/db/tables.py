@@ -69,6 +69,24 @@ predictions = sa.Table(
     sa.Column("prediction", sa.Integer, nullable=False),
     sa.Column("confidence", sa.Float, nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False, index=True),
+    # Returned to the client as "prediction_id"; the key feedback joins on.
+    sa.Column("prediction_id", sa.String(36), nullable=True),
+    # The shadow challenger's score of the same input (IA_SHADOW), never returned.
+    sa.Column("shadow_version", sa.String(32), nullable=True),
+    sa.Column("shadow_prediction", sa.Integer, nullable=True),
+    sa.Column("shadow_confidence", sa.Float, nullable=True),
+    sa.Index("ux_predictions_prediction_id", "prediction_id", unique=True),
+)
+
+# Ground truth posted back for a served prediction (POST /feedback). No foreign key:
+# feedback may arrive before its prediction is flushed, and unmatched ids are orphans.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("prediction_id", sa.String(36), primary_key=True),
+    sa.Column("label", sa.Integer, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 # One row per monitoring flow run.
@@ -106,4 +124,7 @@ monitoring_runs = sa.Table(
     sa.Column("mlflow_run_id", sa.String(64), nullable=True),
     sa.Column("flow_run_id", sa.String(64), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    # generated | feedback | upload: where the run's fresh labelled rows came from.
+    sa.Column("data_source", sa.String(16), nullable=True),
+    sa.Column("labelled_samples", sa.Integer, nullable=True),
 )
