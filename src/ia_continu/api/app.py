@@ -67,6 +67,7 @@ def create_app(
             log.warning("no model loaded at start-up: %s", exc)
         watcher = asyncio.create_task(watch_active_model(state), name="watch-active-model")
         start_prediction_logging(state)
+        log_reporter = _start_prediction_log_reporter(state)
         if settings.warm_up_ml:  # first /retrain without ~5 s of imports (ml/warmup.py)
             from ia_continu.ml.warmup import start_background_warm_up
 
@@ -77,7 +78,13 @@ def create_app(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            if log_reporter is not None:
+                log_reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await log_reporter
             await stop_prediction_logging(state)  # needs the engine: before dispose
+            if state.metrics is not None and state.predlog is not None:
+                state.metrics.report_prediction_log(state.predlog.counters())  # final counts
             engine.dispose()
 
     app = FastAPI(
@@ -115,6 +122,19 @@ def create_app(
         app, [(core.router, "/predict"), (batch.router, "/predict/batch"), (core.router, "/health")]
     )
     return app
+
+
+def _start_prediction_log_reporter(state: AppState) -> asyncio.Task[None] | None:
+    """The task copying the prediction logger's counters into /metrics (alert rules on
+    dropped predictions); none without metrics or without the logger."""
+    if state.metrics is None or state.predlog is None:
+        return None
+    from ia_continu.api.metrics import report_prediction_log_periodically
+
+    return asyncio.create_task(
+        report_prediction_log_periodically(state.metrics, state.predlog),
+        name="report-prediction-log",
+    )
 
 
 def _install_body_limit(app: FastAPI, *, max_bytes: int) -> None:
@@ -185,7 +205,7 @@ def _install_operations(
         from ia_continu.api.metrics import AppMetrics, MetricsMiddleware
         from ia_continu.api.routes import metrics
 
-        app.state.metrics = AppMetrics()
+        app.state.metrics = AppMetrics(settings=settings)
         app.include_router(metrics.router)
         # Added last = outermost: the 401s answered by the key check are counted too.
         app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes_of=app)

@@ -17,12 +17,15 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
 from ia_continu.api.security import ASGIApp, Message, Receive, Scope, Send
 from ia_continu.config import PROMETHEUS_MULTIPROC_ENV, Settings, get_prometheus_multiproc_dir
+
+if TYPE_CHECKING:
+    from ia_continu.monitoring.predlog import PredictionLogCounters, PredictionLogger
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,9 @@ LATENCY_BUCKETS = (
 )
 RETRAIN_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 FEATURES = ("feature1", "feature2")
+# How often each worker copies its prediction logger's counters into the metrics: off the
+# /predict path, and well under Prometheus's scrape interval.
+PREDICTION_LOG_REPORT_SECONDS = 5.0
 
 
 # --- multi-worker directory ---------------------------------------------------------------------
@@ -114,7 +120,7 @@ class AppMetrics:
     """The metrics one API process records. In single-process mode they live in their own
     registry (two apps in one test process do not share counts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, settings: Settings | None = None) -> None:
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -180,6 +186,42 @@ class AppMetrics:
             registry=registry,
         )
         self._served_version: str | None = None
+        # One series per live worker process: "workers up" on the dashboards.
+        self.worker_up = Gauge(
+            "ia_worker_up",
+            "1 for each live API worker process",
+            multiprocess_mode="liveall",
+            registry=registry,
+        )
+        self.worker_up.set(1)
+        # The prediction logger's own counters, copied every few seconds (never on the
+        # /predict path): rows lost because the queue was full or the database refused
+        # them for the whole retry window.
+        self.prediction_log_dropped = Counter(
+            "ia_prediction_log_dropped",
+            "Predictions not logged because the in-memory log queue was full",
+            registry=registry,
+        )
+        self.prediction_log_abandoned = Counter(
+            "ia_prediction_log_abandoned",
+            "Logged predictions given up after the database refused them for the retry window",
+            registry=registry,
+        )
+        self.prediction_log_flush_errors = Counter(
+            "ia_prediction_log_flush_errors",
+            "Failed attempts to write logged predictions to the database (retried)",
+            registry=registry,
+        )
+        self.prediction_log_queued = Gauge(
+            "ia_prediction_log_queued",
+            "Predictions accepted into the log queue and not yet written",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self._reported_log = (0, 0, 0)
+        # Settings the alert rules compare against (IA_MIN_ACCURACY, IA_MONITOR_INTERVAL):
+        # exported so that Prometheus follows .env instead of a copy of it in the rules.
+        self.settings = settings
         # labels() takes a lock and builds a key: cache the children (hot path).
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._prediction_children: dict[tuple[str, int], Any] = {}
@@ -238,6 +280,23 @@ class AppMetrics:
             self.served_model.labels(previous).set(0)
         self.served_model.labels(version).set(1)
 
+    def report_prediction_log(self, counters: PredictionLogCounters) -> None:
+        """Bring the prediction-log metrics up to the logger's counters (adds the deltas
+        since the previous call)."""
+        dropped, abandoned, errors = self._reported_log
+        if counters.dropped > dropped:
+            self.prediction_log_dropped.inc(counters.dropped - dropped)
+        if counters.abandoned > abandoned:
+            self.prediction_log_abandoned.inc(counters.abandoned - abandoned)
+        if counters.flush_errors > errors:
+            self.prediction_log_flush_errors.inc(counters.flush_errors - errors)
+        self._reported_log = (
+            max(dropped, counters.dropped),
+            max(abandoned, counters.abandoned),
+            max(errors, counters.flush_errors),
+        )
+        self.prediction_log_queued.set(counters.queued)
+
     def mark_this_process_dead(self) -> None:
         if self.multiprocess and self.multiprocess_dir is not None:
             from prometheus_client import multiprocess
@@ -261,7 +320,42 @@ class AppMetrics:
             assert self.registry is not None
             process_part = generate_latest(self.registry)
         database_part = generate_latest(_DatabaseCollector(engine))
-        return process_part + database_part
+        if self.settings is None:
+            return process_part + database_part
+        return process_part + database_part + generate_latest(_SettingsCollector(self.settings))
+
+
+async def report_prediction_log_periodically(
+    metrics: AppMetrics, predlog: PredictionLogger, interval: float = PREDICTION_LOG_REPORT_SECONDS
+) -> None:
+    """Copy the logger's counters into the metrics every ``interval`` seconds (a task of
+    the API's lifespan; cancelled at shutdown, after which the caller reports once more)."""
+    import asyncio
+
+    while True:
+        await asyncio.sleep(interval)
+        metrics.report_prediction_log(predlog.counters())
+
+
+class _SettingsCollector:
+    """The thresholds the alert rules need, as this process's settings say."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "ia_config_min_accuracy",
+            "IA_MIN_ACCURACY: the accuracy below which the champion is considered failing",
+            value=self._settings.min_accuracy,
+        )
+        yield GaugeMetricFamily(
+            "ia_config_monitor_interval_seconds",
+            "IA_MONITOR_INTERVAL: seconds between scheduled monitoring runs",
+            value=self._settings.monitor_interval,
+        )
 
 
 class _DatabaseCollector:
