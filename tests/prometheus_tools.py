@@ -19,6 +19,8 @@ RULE_TESTS = ROOT / "deploy/prometheus/tests/ia-continu.test.yml"
 PROMETHEUS_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
 ALERTMANAGER_CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
 DASHBOARDS = ROOT / "deploy/grafana/dashboards"
+# Debian installs Alertmanager's server as prometheus-alertmanager.
+ALTERNATIVES = {"alertmanager": ("alertmanager", "prometheus-alertmanager")}
 PACKAGE = {
     "prometheus": "prometheus",
     "promtool": "prometheus",
@@ -29,7 +31,7 @@ PACKAGE = {
 
 def require_tool(name: str) -> str:
     """The path of ``name``, or skip (fail under IA_TEST_REQUIRE_PROMETHEUS=1)."""
-    path = shutil.which(name)
+    path = next(filter(None, map(shutil.which, ALTERNATIVES.get(name, (name,)))), None)
     if path is None:
         reason = f"{name} is missing: `apt-get install -y {PACKAGE[name]}` (CI installs it)"
         if os.environ.get("IA_TEST_REQUIRE_PROMETHEUS") == "1":

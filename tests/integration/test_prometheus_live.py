@@ -178,9 +178,7 @@ def test_real_prometheus_evaluates_every_rule_and_follows_real_conditions(
             assert client.get("/health").status_code == 200
 
     def target_up() -> bool:
-        return any(
-            t["health"] == "up" for t in prometheus.api("targets")["activeTargets"]
-        )
+        return any(t["health"] == "up" for t in prometheus.api("targets")["activeTargets"])
 
     wait_for(target_up, "the API target is scraped", diagnostics)
 
@@ -209,6 +207,7 @@ def test_real_prometheus_evaluates_every_rule_and_follows_real_conditions(
         "floor": MIN_ACCURACY,
         "interval": MONITOR_INTERVAL,
     }
+
     # Both workers report themselves up (one series each, multiprocess mode).
     def workers_up() -> bool:
         result = prometheus.query("sum(ia_worker_up)")

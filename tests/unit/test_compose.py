@@ -31,6 +31,7 @@ SEED_VOLUMES = {"app_data", "app_models", "mlflow_data", "uptime-kuma-data", "pr
 APP_IMAGE_SERVICES = {"api", "mlflow", "prefect-server", "prefect-worker", "kuma-setup"}
 DEFAULT_SERVICES = APP_IMAGE_SERVICES | {"uptime-kuma"}
 ONE_SHOT = {"kuma-setup"}
+OBSERVABILITY = {"prometheus", "alertmanager", "grafana"}
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}
 VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
@@ -81,8 +82,9 @@ def test_compose_defines_the_seed_services_and_the_two_profiles() -> None:
     default = {name for name, s in services.items() if not s.get("profiles")}
     assert default == DEFAULT_SERVICES
     assert services["postgres"]["profiles"] == ["postgres"]
-    assert services["prometheus"]["profiles"] == ["observability"]
-    assert set(services) == DEFAULT_SERVICES | {"postgres", "prometheus"}
+    for name in OBSERVABILITY:
+        assert services[name]["profiles"] == ["observability"], name
+    assert set(services) == DEFAULT_SERVICES | {"postgres"} | OBSERVABILITY
 
 
 def test_compose_publishes_the_seed_ports() -> None:
@@ -91,6 +93,8 @@ def test_compose_publishes_the_seed_ports() -> None:
     assert _published("prefect-server") == [("127.0.0.1:4200", "4200")]
     assert _published("uptime-kuma") == [("3001", "3001")]
     assert _published("prometheus") == [("127.0.0.1:9090", "9090")]
+    assert _published("alertmanager") == [("127.0.0.1:9093", "9093")]
+    assert _published("grafana") == [("127.0.0.1:3000", "3000")]
     for name in ("prefect-worker", "kuma-setup", "postgres"):
         assert "ports" not in _services()[name], name
 
@@ -156,13 +160,16 @@ def test_compose_depends_on_waits_for_healthy_services() -> None:
             assert spec["condition"] == "service_healthy", (name, dep)
             assert "healthcheck" in services[dep], (name, dep)
             # A profile service is only optional for the services that run without it.
-            assert spec.get("required", True) is (not services[dep].get("profiles")), (name, dep)
+            dep_profiles = services[dep].get("profiles")
+            optional = bool(dep_profiles) and dep_profiles != service.get("profiles")
+            assert spec.get("required", True) is (not optional), (name, dep)
         edges[name] = set(deps)
     assert edges["api"] == {"mlflow", "postgres"}
     assert edges["mlflow"] == {"postgres"}
     assert edges["prefect-worker"] == {"prefect-server", "mlflow", "api", "postgres"}
     assert edges["kuma-setup"] == {"uptime-kuma", "api"}
     assert edges["prometheus"] == {"api"}
+    assert edges["grafana"] == {"prometheus"}
     _assert_acyclic(edges)
 
 
@@ -389,6 +396,105 @@ def test_compose_observability_profile_scrapes_every_api_replica() -> None:
     assert job["metrics_path"] == "/metrics"
     [sd] = job["dns_sd_configs"]
     assert (sd["names"], sd["type"], sd["port"]) == (["api"], "A", 9000)
+    # The job name the alert rules select on.
+    assert job["job_name"] == "ia-continu-api"
+    assert (
+        'job="ia-continu-api"'
+        in (ROOT / "deploy/prometheus/rules/ia-continu.rules.yml").read_text()
+    )
+
+
+def _mounts(service: str) -> dict[str, str]:
+    """Container path -> repository path of a service's bind mounts."""
+    result = {}
+    for mount in _services()[service].get("volumes", []):
+        if mount.startswith("."):
+            source, target = mount.split(":")[:2]
+            result[target] = source
+    return result
+
+
+def test_compose_prometheus_loads_the_rules_and_sends_to_alertmanager() -> None:
+    from fnmatch import fnmatch
+
+    mounts = _mounts("prometheus")
+    config = yaml.safe_load((ROOT / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    # rule_files are relative to the config file: each glob, resolved in the container,
+    # must land in a mounted directory holding the project's rules.
+    [pattern] = config["rule_files"]
+    in_container = f"/etc/prometheus/{pattern}"
+    directory, _, glob = in_container.rpartition("/")
+    rules_dir = ROOT / mounts[directory]
+    matched = [p.name for p in rules_dir.iterdir() if fnmatch(p.name, glob)]
+    assert matched == ["ia-continu.rules.yml"]
+    [manager] = config["alerting"]["alertmanagers"]
+    [targets] = [c["targets"] for c in manager["static_configs"]]
+    assert targets == ["alertmanager:9093"]
+    assert _published("alertmanager")[0][1] == "9093"
+
+
+def test_compose_alertmanager_reads_the_discord_webhook_from_env() -> None:
+    alertmanager = _services()["alertmanager"]
+    assert alertmanager["image"].startswith("prom/alertmanager:v0.")
+    # webhook_url_file for Discord needs Alertmanager 0.26 or later.
+    minor = int(alertmanager["image"].split(":v0.")[1].split(".")[0])
+    assert minor >= 26
+    mounts = _mounts("alertmanager")
+    config_path = next(
+        a.split("=", 1)[1] for a in alertmanager["command"] if a.startswith("--config.file=")
+    )
+    config = yaml.safe_load((ROOT / mounts[config_path]).read_text())
+    [discord] = config["receivers"][0]["discord_configs"]
+    # The secret named in the service, created from .env's IA_DISCORD_WEBHOOK_URL, is
+    # the file the config reads.
+    [secret] = alertmanager["secrets"]
+    assert discord["webhook_url_file"] == f"/run/secrets/{secret}"
+    assert _compose()["secrets"][secret] == {"environment": "IA_DISCORD_WEBHOOK_URL"}
+    assert re.search(r"^#? ?IA_DISCORD_WEBHOOK_URL=$", (ROOT / ".env.example").read_text(), re.M)
+
+
+def test_compose_grafana_is_provisioned_from_files_with_a_required_password(tmp_path: Path) -> None:
+    grafana = _services()["grafana"]
+    env = grafana["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "${GRAFANA_ANONYMOUS_ENABLED:-false}"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    mounts = _mounts("grafana")
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    [datasource] = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((provisioning / "dashboards/ia-continu.yml").read_text())[
+        "providers"
+    ]
+    dashboards = ROOT / mounts[provider["options"]["path"]]
+    assert sorted(p.name for p in dashboards.glob("*.json")) == [
+        "ia-continu-loop.json",
+        "ia-continu-model.json",
+        "ia-continu-service.json",
+    ]
+    # The entrypoint refuses an empty password (never Grafana's admin/admin), run here
+    # with a real sh; /run.sh (the image's own entrypoint) stands for a marker script.
+    entrypoint = grafana["entrypoint"]
+    assert entrypoint[:2] == ["/bin/sh", "-c"]
+    script = entrypoint[2].replace("$$", "$").replace("/run.sh", f"{tmp_path}/run.sh")
+    (tmp_path / "run.sh").write_text("#!/bin/sh\necho grafana started\n")
+    (tmp_path / "run.sh").chmod(0o755)
+
+    def run(password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["/bin/sh", "-c", script],
+            env={"GF_SECURITY_ADMIN_PASSWORD": password, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+        )
+
+    refused = run("")
+    assert refused.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr
+    started = run("s3cret-pw")
+    assert started.returncode == 0 and started.stdout == "grafana started\n"
 
 
 # --- secrets --------------------------------------------------------------------------------------
