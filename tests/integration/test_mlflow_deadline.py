@@ -41,7 +41,9 @@ from tests.conftest import FIXED_NOW, LiveServer
 from tests.integration.processes import MlflowProcess
 from tests.integration.test_faults_mlflow import on_mlflow_call
 
-pytestmark = pytest.mark.slow
+# The machine is shared: MLflow's first calls after a start can take tens of seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+ROOMY = 120.0  # the deadline where the deadline is not what is tested
 
 DEADLINE = 4.0
 
@@ -143,7 +145,7 @@ def test_frozen_mlflow_gives_503_within_deadline_and_activation_does_not_wait(
         mlflow_reconcile_grace=0,
     )
     # Set-up with a roomy deadline: the machine is shared and slow at times.
-    roomy = settings.model_copy(update={"mlflow_deadline": 120.0})
+    roomy = settings.model_copy(update={"mlflow_deadline": ROOMY})
     v1 = _train(roomy, engine, hour=2, seed=1)
     frozen = threading.Event()
 
@@ -216,7 +218,10 @@ def test_mlflow_killed_mid_retrain_then_reconcile_cli(
     tmp_path: Path,
 ) -> None:
     settings = make_settings(
-        database_url=database_url, mlflow_tracking_uri=mlflow.url, mlflow_timeout=5
+        database_url=database_url,
+        mlflow_tracking_uri=mlflow.url,
+        mlflow_timeout=5,
+        mlflow_deadline=ROOMY,
     )
     v1 = _train(settings, engine, hour=2, seed=1)
     # Killed right after registering: a version without a row, a run left RUNNING, and
@@ -282,7 +287,10 @@ def test_monitoring_flow_runs_the_reconcile_step(
     from ia_continu.monitoring.flows import flow_settings, monitoring_flow
 
     settings = make_settings(
-        database_url=database_url, mlflow_tracking_uri=mlflow_server, mlflow_reconcile_grace=0
+        database_url=database_url,
+        mlflow_tracking_uri=mlflow_server,
+        mlflow_reconcile_grace=0,
+        mlflow_deadline=ROOMY,
     )
     _train(settings, engine, hour=2, seed=1)
     # Debris as a failed retrain leaves it: a registered version no row knows, a run

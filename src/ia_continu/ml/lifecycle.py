@@ -105,7 +105,6 @@ def retrain(
     )
     timings.update(result.timings)  # fit, metrics
 
-    registry.prepare(settings)  # imports: not part of the MLflow deadline
     deadline = registry.Deadline(settings.mlflow_deadline)
     with clock("mlflow"):  # = mlflow_run + mlflow_model_log + registration + finish
         run = registry.log_training_run(
@@ -203,7 +202,6 @@ def activate_version(*, settings: Settings, engine: Engine, version: str) -> rep
     save_model_file(settings.models_dir, model)
     deadline: Deadline | None = None
     if record.registry_version is not None:
-        registry.prepare(settings)
         deadline = registry.Deadline(settings.mlflow_deadline)
     activated = _publish_champion(
         settings,

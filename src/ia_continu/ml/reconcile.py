@@ -70,8 +70,8 @@ def reconcile_registry(
 ) -> ReconcileReport:
     """Find (and unless ``dry_run``, fix) registry debris; returns what was (or would
     be) changed. Raises RegistryUnavailableError when MLflow cannot be reached."""
-    client = registry.prepare(settings)
     registry.check_tracking_server(settings)
+    client = registry.prepare(settings)
     grace_ms = int(
         1000 * (settings.mlflow_reconcile_grace if grace_seconds is None else grace_seconds)
     )

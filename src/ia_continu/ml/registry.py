@@ -151,9 +151,17 @@ def _stop_if(abandoned: threading.Event) -> None:
         raise _Abandoned
 
 
+def _begin(settings: Settings, deadline: Deadline | None = None) -> tuple[Any, Deadline]:
+    """The deadline starts; a /health probe within it (a dead server fails fast, and
+    before mlflow's global tracking URI is pointed at it); then the client."""
+    deadline = deadline or Deadline(settings.mlflow_deadline)
+    check_tracking_server(settings, deadline=deadline)
+    return prepare(settings), deadline
+
+
 def prepare(settings: Settings) -> Any:
-    """Imports and the client, before a deadline starts: nothing here touches the
-    network, and the first call of a process must not spend its deadline importing."""
+    """Imports and the client: nothing here touches the network (after the API's
+    warm-up, see ml/warmup.py, it costs nothing)."""
     client = _client(settings)
     _pip_requirements()  # imports mlflow.sklearn and skops
     return client
@@ -292,9 +300,7 @@ def log_training_run(
     left behind is marked FAILED and a version registered too late is tagged orphan,
     at once when MLflow answers, else by ``ia-continu registry reconcile``.
     """
-    prepare(settings)
-    deadline = deadline or Deadline(settings.mlflow_deadline)
-    check_tracking_server(settings, deadline=deadline)
+    _, deadline = _begin(settings, deadline)
     sink = timings if timings is not None else {}
 
     def operation(abandoned: threading.Event) -> RegisteredRun:
@@ -641,9 +647,7 @@ def warm_up(result: TrainingResult) -> None:
 def set_model_alias(
     *, settings: Settings, alias: str, registry_version: int, deadline: Deadline | None = None
 ) -> None:
-    client = prepare(settings)
-    deadline = deadline or Deadline(settings.mlflow_deadline)
-    check_tracking_server(settings, deadline=deadline)
+    client, deadline = _begin(settings, deadline)
 
     def operation(abandoned: threading.Event) -> None:
         client.set_registered_model_alias(settings.model_name, alias, str(registry_version))
@@ -683,9 +687,7 @@ def log_monitoring_metrics(
     now: datetime,
 ) -> str:
     """Log one monitoring run's figures as an MLflow run; returns its run id."""
-    client = prepare(settings)
-    deadline = Deadline(settings.mlflow_deadline)
-    check_tracking_server(settings, deadline=deadline)
+    client, deadline = _begin(settings)
     from mlflow.entities import Metric, Param
 
     def operation(abandoned: threading.Event) -> str:
@@ -722,9 +724,7 @@ def run_url(settings: Settings, *, experiment_id: str, run_id: str) -> str:
 
 def get_experiment_id(settings: Settings) -> str:
     """The id of the configured experiment (created if missing), for run links."""
-    client = prepare(settings)
-    deadline = Deadline(settings.mlflow_deadline)
-    check_tracking_server(settings, deadline=deadline)
+    client, deadline = _begin(settings)
     return run_with_deadline(
         deadline,
         "looking up the experiment",
@@ -734,9 +734,7 @@ def get_experiment_id(settings: Settings) -> str:
 
 def delete_model_alias(*, settings: Settings, alias: str, deadline: Deadline | None = None) -> None:
     """Remove ``alias`` from the registered model (no error when it is not set)."""
-    client = prepare(settings)
-    deadline = deadline or Deadline(settings.mlflow_deadline)
-    check_tracking_server(settings, deadline=deadline)
+    client, deadline = _begin(settings, deadline)
 
     def operation(abandoned: threading.Event) -> None:
         try:
@@ -751,9 +749,7 @@ def delete_model_alias(*, settings: Settings, alias: str, deadline: Deadline | N
 def ensure_experiment(settings: Settings, *, artifact_location: str | None = None) -> str:
     """Create the configured experiment if missing, storing its artifacts at
     ``artifact_location`` (a local store would otherwise write ./mlruns in the cwd)."""
-    client = prepare(settings)
-    deadline = Deadline(settings.mlflow_deadline)
-    check_tracking_server(settings, deadline=deadline)
+    client, deadline = _begin(settings)
 
     def operation(abandoned: threading.Event) -> str:
         key = (settings.mlflow_tracking_uri, settings.mlflow_experiment)
