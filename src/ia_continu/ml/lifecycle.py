@@ -243,6 +243,8 @@ def _publish_champion(
         alias=registry.CHAMPION,
         registry_version=registry_version,
         deadline=deadline,
+        # Moved after we answered 503: back on whatever row is active.
+        on_late=lambda: _follow_active_row(settings, engine, None),
     )
     sink["mlflow_alias"] = time.perf_counter() - started
     try:

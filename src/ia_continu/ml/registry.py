@@ -645,14 +645,22 @@ def warm_up(result: TrainingResult) -> None:
 
 
 def set_model_alias(
-    *, settings: Settings, alias: str, registry_version: int, deadline: Deadline | None = None
+    *,
+    settings: Settings,
+    alias: str,
+    registry_version: int,
+    deadline: Deadline | None = None,
+    on_late: Callable[[], None] | None = None,
 ) -> None:
+    """``on_late`` runs if the alias moved after the caller got its 503 (a frozen server
+    that resumed): the caller's database did not follow, the alias must go back."""
     client, deadline = _begin(settings, deadline)
 
     def operation(abandoned: threading.Event) -> None:
         client.set_registered_model_alias(settings.model_name, alias, str(registry_version))
 
-    run_with_deadline(deadline, f"moving the {alias} alias", operation)
+    late = None if on_late is None else (lambda _: on_late())
+    run_with_deadline(deadline, f"moving the {alias} alias", operation, on_late=late)
 
 
 def get_alias_version(
