@@ -56,8 +56,7 @@ def test_operation_whose_deadline_passed_before_it_started_never_runs() -> None:
         block.wait(timeout=30)
 
     def caller() -> None:
-        with pytest.raises(RegistryUnavailableError):
-            run_with_deadline(Deadline(0.5), "hold", hold)
+        run_with_deadline(Deadline(30), "hold", hold)
 
     holders = [threading.Thread(target=caller) for _ in range(workers)]
     for t in holders:
