@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+registry_app = typer.Typer(help="MLflow model registry.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 
 
 def _setup_logging(level: str) -> None:
@@ -97,6 +99,41 @@ def db_upgrade(revision: str = "head") -> None:
     upgrade_database(engine, revision=revision)
     typer.echo(f"database at revision {current_revision(engine)}")
     engine.dispose()
+
+
+@registry_app.command("reconcile")
+def registry_reconcile(
+    dry_run: Annotated[bool, typer.Option(help="print what would change, change nothing")] = False,
+    grace: Annotated[
+        float | None,
+        typer.Option(help="seconds a retrain may take (IA_MLFLOW_RECONCILE_GRACE)", min=0),
+    ] = None,
+) -> None:
+    """Repair registry debris of failed retrains: versions without a models row tagged
+    ia_continu.orphan=true, stale RUNNING runs marked FAILED, aliases on the active row's
+    version (docs/mlflow.md). Prints every change."""
+    from ia_continu.db.engine import create_db_engine
+    from ia_continu.ml.reconcile import reconcile_registry
+    from ia_continu.ml.registry import RegistryUnavailableError
+
+    settings = _settings()
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        report = reconcile_registry(
+            settings=settings, engine=engine, dry_run=dry_run, grace_seconds=grace
+        )
+    except RegistryUnavailableError as exc:
+        typer.echo(f"ia-continu registry reconcile: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    verb = "would change" if dry_run else "changed"
+    for change in report.changes:
+        typer.echo(f"{'would ' if dry_run else ''}{change}")
+    typer.echo(
+        f"{report.versions_checked} version(s) and {report.runs_checked} running run(s) "
+        f"checked; {verb} {len(report.changes)} thing(s)"
+    )
 
 
 @app.command()

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     # Seconds to wait on one MLflow HTTP call; MLflow's own default retries for minutes.
     mlflow_timeout: float = Field(10.0, gt=0)
     mlflow_max_retries: int = Field(1, ge=0)
+    # Total seconds one MLflow operation may take (a retrain's logging and alias move,
+    # an activation's alias move, a monitoring run's logging), retries included: past it
+    # the caller gets a 503 even if MLflow is frozen rather than down (docs/mlflow.md).
+    mlflow_deadline: float = Field(15.0, gt=0)
+    # `ia-continu registry reconcile` leaves runs younger than this RUNNING and versions
+    # younger than this untagged: a retrain may still be writing them.
+    mlflow_reconcile_grace: float = Field(300.0, ge=0)
 
     # --- training (scikit-learn LogisticRegression) -------------------------------
     model_c: float = Field(1.0, gt=0, description="LogisticRegression C")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
@@ -21,6 +23,11 @@ from ia_continu.ml.data import Dataset
 from ia_continu.ml.predictor import LinearModel
 from ia_continu.ml.train import Hyperparameters, TrainingResult, train_model
 from ia_continu.ml.warmup import wait_until_warm
+
+if TYPE_CHECKING:
+    from ia_continu.ml.registry import Deadline, RegisteredRun
+
+log = logging.getLogger(__name__)
 
 
 class NoDatasetError(LookupError):
@@ -66,7 +73,10 @@ def retrain(
 
     With ``activate`` the model becomes the champion (alias ``champion``, the active
     row, served by every API process); otherwise it is stored as ``challenger``.
-    Any failure before the final database transaction leaves the active model as it was.
+    Any failure leaves the active model as it was. Every MLflow call of the retrain
+    shares one deadline (IA_MLFLOW_DEADLINE), and no database transaction is open while
+    MLflow is called: a version gets an alias only once its models row exists, and a
+    failure after the row was stored leaves that row inactive (see docs/mlflow.md).
     """
     from ia_continu.ml import registry
 
@@ -95,45 +105,74 @@ def retrain(
     )
     timings.update(result.timings)  # fit, metrics
 
-    with clock("mlflow"):  # = mlflow_run + mlflow_model_log + registration + alias + finish
+    deadline = registry.Deadline(settings.mlflow_deadline)
+    with clock("mlflow"):  # = mlflow_run + mlflow_model_log + registration + finish
         run = registry.log_training_run(
             settings=settings,
             result=result,
             generation_id=generation_id,
             now=now,
             run_prefix=run_prefix,
-            # The champion alias moves with the active row, below: set here, a failure
-            # between the two left MLflow's champion on a model nobody serves.
-            alias=None if activate else registry.CHALLENGER,
+            # Aliases are set below, once the models row exists: an alias never points
+            # at a version the database does not know.
+            alias=None,
             extra_params={"hour_generated": dataset.hour, **(extra_params or {})},
             timings=timings,
+            deadline=deadline,
         )
 
     with clock("activation"):
         model = LinearModel.from_estimator(result.estimator, version=run.model_version)
-        save_model_file(settings.models_dir, model)
-        record = repo.insert_model(
-            engine,
-            repo.ModelRecord(
-                version=run.model_version,
-                accuracy=result.metrics.accuracy,
-                precision=result.metrics.precision,
-                recall=result.metrics.recall,
-                f1_score=result.metrics.f1_score,
-                training_samples=result.training_samples,
-                test_samples=result.test_samples,
-                created_at=now,
-                is_active=activate,
-                generation_id=generation_id,
+        try:
+            save_model_file(settings.models_dir, model)
+            # Stored inactive first: the alias moves between this short transaction and
+            # the one that activates it (no lock held while MLflow answers).
+            record = repo.insert_model(
+                engine,
+                repo.ModelRecord(
+                    version=run.model_version,
+                    accuracy=result.metrics.accuracy,
+                    precision=result.metrics.precision,
+                    recall=result.metrics.recall,
+                    f1_score=result.metrics.f1_score,
+                    training_samples=result.training_samples,
+                    test_samples=result.test_samples,
+                    created_at=now,
+                    is_active=False,
+                    generation_id=generation_id,
+                    registry_version=run.registry_version,
+                    run_id=run.run_id,
+                    run_name=run.run_name,
+                    parameters=model.to_json(),
+                    hour_parity=dataset.hour % 2,
+                ),
+                activate=False,
+            )
+        except BaseException:
+            _discard_now(settings, run)
+            raise
+        if activate:
+            activated = _publish_champion(
+                settings,
+                engine,
+                version=record.version,
                 registry_version=run.registry_version,
-                run_id=run.run_id,
-                run_name=run.run_name,
-                parameters=model.to_json(),
-                hour_parity=dataset.hour % 2,
-            ),
-            activate=activate,
-            before_commit=_move_champion(settings, run.registry_version) if activate else None,
-        )
+                deadline=deadline,
+                timings=timings,
+            )
+            if activated is None:  # deleted meanwhile: nothing to serve
+                raise UnknownModelError(f"model version {record.version!r} disappeared")
+            record = activated
+        else:
+            with clock("mlflow_alias"):
+                registry.set_model_alias(
+                    settings=settings,
+                    alias=registry.CHALLENGER,
+                    registry_version=run.registry_version,
+                    deadline=deadline,
+                )
+    # "mlflow" stays the total of the mlflow_* steps (the alias moves after the row).
+    timings["mlflow"] += timings.get("mlflow_alias", 0.0)
     return RetrainOutcome(
         record=record,
         model=model,
@@ -149,36 +188,135 @@ def retrain(
 def activate_version(*, settings: Settings, engine: Engine, version: str) -> repo.ModelRecord:
     """Make an existing version the champion again (rollback or promotion).
 
-    The MLflow alias moves inside the activation's transaction: if MLflow is down nothing
-    changes (503 upstream), and if the database fails the alias has not moved.
+    The MLflow alias moves first (within IA_MLFLOW_DEADLINE), then the active row in a
+    short transaction: if MLflow is down or frozen nothing changes in the database (503
+    upstream), and if the database fails the alias is moved back. Never waits for a
+    retrain: no lock is shared with one.
     """
+    from ia_continu.ml import registry
+
     record = repo.get_model(engine, version)
     if record is None:
         raise UnknownModelError(f"model version {version!r} does not exist")
     model = model_from_record(record)  # before anything moves: it must be servable
     save_model_file(settings.models_dir, model)
-    move = None
+    deadline: Deadline | None = None
     if record.registry_version is not None:
-        move = _move_champion(settings, record.registry_version)
-    activated = repo.activate_model(engine, version, before_commit=move)
+        deadline = registry.Deadline(settings.mlflow_deadline)
+    activated = _publish_champion(
+        settings,
+        engine,
+        version=version,
+        registry_version=record.registry_version,
+        deadline=deadline,
+    )
     if activated is None:  # deleted meanwhile
         raise UnknownModelError(f"model version {version!r} does not exist")
     return activated
 
 
-def _move_champion(settings: Settings, registry_version: int) -> Callable[[], None]:
-    """Point MLflow's champion alias at ``registry_version``: run inside the database
-    transaction that activates the model, so that the alias and the active row change
-    together (a failure of either leaves both as they were; concurrent activations from
-    several processes are serialised by the transaction's lock on the models table)."""
+def _publish_champion(
+    settings: Settings,
+    engine: Engine,
+    *,
+    version: str,
+    registry_version: int | None,
+    deadline: Deadline | None,
+    timings: dict[str, float] | None = None,
+) -> repo.ModelRecord | None:
+    """Champion alias, then active row: the MLflow call happens outside any database
+    transaction (a frozen MLflow must not hold the models table's write lock, which
+    every other activation and retrain of every process needs).
+
+    The alias is a mirror of the active row: a failure between the two steps is undone
+    at once when possible, and ``ia-continu registry reconcile`` (run by every monitoring
+    run) puts the alias back on the active row's version otherwise."""
     from ia_continu.ml import registry
 
-    def move() -> None:
-        registry.set_model_alias(
-            settings=settings, alias=registry.CHAMPION, registry_version=registry_version
-        )
+    if registry_version is None:
+        return repo.activate_model(engine, version)
+    sink: dict[str, float] = timings if timings is not None else {}
+    previous = repo.get_active_model(engine)
+    started = time.perf_counter()
+    registry.set_model_alias(
+        settings=settings,
+        alias=registry.CHAMPION,
+        registry_version=registry_version,
+        deadline=deadline,
+        # Moved after we answered 503: back on whatever row is active.
+        on_late=lambda: _follow_active_row(settings, engine, None),
+    )
+    sink["mlflow_alias"] = time.perf_counter() - started
+    try:
+        activated = repo.activate_model(engine, version)
+    except BaseException:
+        _restore_champion(settings, previous)
+        raise
+    if activated is None:
+        _restore_champion(settings, previous)
+        return None
+    started = time.perf_counter()
+    _follow_active_row(settings, engine, deadline)
+    sink["mlflow_alias"] += time.perf_counter() - started
+    return activated
 
-    return move
+
+def _restore_champion(settings: Settings, previous: repo.ModelRecord | None) -> None:
+    """Best effort: the alias back on the version that is still active."""
+    from ia_continu.ml import registry
+
+    try:
+        if previous is not None and previous.registry_version is not None:
+            registry.set_model_alias(
+                settings=settings,
+                alias=registry.CHAMPION,
+                registry_version=previous.registry_version,
+            )
+        else:
+            registry.delete_model_alias(settings=settings, alias=registry.CHAMPION)
+    except Exception as exc:  # reconcile will do it
+        log.warning("champion alias not restored (reconcile will): %s", exc)
+
+
+def _follow_active_row(settings: Settings, engine: Engine, deadline: Deadline | None) -> None:
+    """After the commit: if another process's activation moved the alias in between
+    (its alias first, ours second, but its row first), put the alias back on the row
+    that is active now. Best effort within what is left of the deadline."""
+    from ia_continu.ml import registry
+
+    try:
+        active = repo.get_active_model(engine)
+        if active is None or active.registry_version is None:
+            return
+        current = registry.get_alias_version(
+            settings=settings, alias=registry.CHAMPION, deadline=deadline
+        )
+        if current != active.registry_version:
+            registry.set_model_alias(
+                settings=settings,
+                alias=registry.CHAMPION,
+                registry_version=active.registry_version,
+                deadline=deadline,
+            )
+    except Exception as exc:  # the row is active; reconcile aligns the alias later
+        log.warning("champion alias not checked after activation: %s", exc)
+
+
+def _discard_now(settings: Settings, run: RegisteredRun) -> None:
+    """The version was registered but its row could not be stored: tag it orphan and
+    mark its run FAILED, best effort (reconcile does it otherwise)."""
+    from ia_continu.ml import registry
+
+    try:
+        registry.run_with_deadline(
+            registry.Deadline(settings.mlflow_deadline),
+            "tagging an orphan version",
+            lambda _: registry.discard_registered_run(
+                settings, run_id=run.run_id, registry_version=run.registry_version
+            ),
+        )
+    except Exception as exc:
+        log.warning("version %s not tagged orphan (reconcile will): %s", run.model_version, exc)
 
 
 # --- the served model on local disk ------------------------------------------------------

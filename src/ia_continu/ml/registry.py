@@ -11,11 +11,11 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -25,10 +25,34 @@ from ia_continu.ml.warmup import wait_until_warm
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# Tag of a registered version that never reached the models table (a retrain failed or
+# gave up after registering it): never served, never given an alias. See docs/mlflow.md.
+ORPHAN_TAG = "ia_continu.orphan"
+
+T = TypeVar("T")
 
 
 class RegistryUnavailableError(RuntimeError):
     """The MLflow tracking server cannot be reached or failed."""
+
+
+class Deadline:
+    """The time left for one MLflow operation (several calls share one deadline).
+
+    MLflow's client bounds each HTTP call (IA_MLFLOW_TIMEOUT, IA_MLFLOW_MAX_RETRIES), but
+    a retrain makes ~16 calls: against a frozen server (SIGSTOP, a full disk, a stuck
+    database) each would wait its own timeout, and /retrain answered after 30-60 s."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._expires = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._expires - time.monotonic())
+
+
+class _Abandoned(Exception):
+    """The caller stopped waiting (deadline passed): do nothing more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +68,103 @@ class RegisteredRun:
 
 
 _experiment_ids: dict[tuple[str, str], str] = {}
-_lock = threading.Lock()
+_ops: Any = None
+_ops_lock = threading.Lock()
+
+
+def _op_executor() -> Any:
+    # Separate from the mlflow-io pool that one operation's parallel calls use: an
+    # operation waiting for its calls must not wait behind them for a thread.
+    global _ops
+    if _ops is None:
+        with _ops_lock:
+            if _ops is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                _ops = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mlflow-op")
+    return _ops
+
+
+def run_with_deadline(
+    deadline: Deadline,
+    what: str,
+    operation: Callable[[threading.Event], T],
+    *,
+    on_late: Callable[[T], None] | None = None,
+) -> T:
+    """Run ``operation`` in a worker thread and wait for it at most until ``deadline``.
+
+    Past the deadline the caller gets RegistryUnavailableError at once; the operation,
+    still blocked in an HTTP call, is abandoned: ``operation`` receives an Event set at
+    that moment (it stops at its next step), an operation not started yet never starts,
+    and a result that arrives later is handed to ``on_late`` (to undo it) instead of
+    being lost. Exceptions become RegistryUnavailableError."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    abandoned = threading.Event()
+    lock = threading.Lock()
+    delivered = [False]
+
+    def guarded() -> T:
+        with lock:
+            if abandoned.is_set():
+                raise _Abandoned
+        result = operation(abandoned)
+        with lock:
+            if not abandoned.is_set():
+                delivered[0] = True
+                return result
+        if on_late is not None:
+            try:
+                on_late(result)
+            except Exception as exc:  # reconcile will finish the job
+                _log().warning("cleaning up late MLflow result of %s failed: %s", what, exc)
+        raise _Abandoned
+
+    future = _op_executor().submit(guarded)
+    try:
+        return future.result(timeout=deadline.remaining())
+    except FutureTimeout:
+        with lock:
+            late = delivered[0]
+            if not late:
+                abandoned.set()
+        if late:  # finished in the very moment the deadline passed: keep it
+            return future.result()
+        raise RegistryUnavailableError(
+            f"MLflow did not answer within {deadline.seconds:g} s ({what}; IA_MLFLOW_DEADLINE)"
+        ) from None
+    except RegistryUnavailableError:
+        raise
+    except Exception as exc:
+        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _log() -> Any:
+    import logging
+
+    return logging.getLogger(__name__)
+
+
+def _stop_if(abandoned: threading.Event) -> None:
+    if abandoned.is_set():
+        raise _Abandoned
+
+
+def _begin(settings: Settings, deadline: Deadline | None = None) -> tuple[Any, Deadline]:
+    """The deadline starts; a /health probe within it (a dead server fails fast, and
+    before mlflow's global tracking URI is pointed at it); then the client."""
+    deadline = deadline or Deadline(settings.mlflow_deadline)
+    check_tracking_server(settings, deadline=deadline)
+    return prepare(settings), deadline
+
+
+def prepare(settings: Settings) -> Any:
+    """Imports and the client: nothing here touches the network (after the API's
+    warm-up, see ml/warmup.py, it costs nothing)."""
+    client = _client(settings)
+    _pip_requirements()  # imports mlflow.sklearn and skops
+    return client
 
 
 def _client(settings: Settings) -> Any:
@@ -53,16 +173,20 @@ def _client(settings: Settings) -> Any:
     from mlflow import MlflowClient
 
     # MLflow's defaults retry a dead server for minutes; a user waiting on /retrain needs
-    # a prompt 503 instead. These are read by MLflow at request time.
+    # a prompt 503 instead. These are read by MLflow at request time. (One call never
+    # outlives the whole operation's deadline either.)
+    per_call = min(settings.mlflow_timeout, settings.mlflow_deadline)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow_max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, settings.mlflow_timeout)))
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, per_call)))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
 
 
-def check_tracking_server(settings: Settings, *, timeout: float = 2.0) -> None:
+def check_tracking_server(
+    settings: Settings, *, timeout: float = 2.0, deadline: Deadline | None = None
+) -> None:
     """Fail fast (RegistryUnavailableError) when an HTTP tracking server does not answer.
 
     Every MLflow entry point calls this first, so it also waits for a running warm-up
@@ -71,6 +195,12 @@ def check_tracking_server(settings: Settings, *, timeout: float = 2.0) -> None:
     uri = settings.mlflow_tracking_uri
     if not uri.startswith(("http://", "https://")):
         return
+    if deadline is not None:
+        timeout = min(timeout, deadline.remaining())
+        if timeout <= 0:
+            raise RegistryUnavailableError(
+                f"MLflow did not answer within {deadline.seconds:g} s (IA_MLFLOW_DEADLINE)"
+            )
     try:
         response = _health_client().get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except httpx.HTTPError as exc:
@@ -157,6 +287,7 @@ def log_training_run(
     extra_params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
     timings: dict[str, float] | None = None,
+    deadline: Deadline | None = None,
 ) -> RegisteredRun:
     """Log params, held-out metrics and the model; register it and set ``alias``.
 
@@ -164,11 +295,15 @@ def log_training_run(
     ``mlflow_run``, ``mlflow_model_log``, ``mlflow_registration``, ``mlflow_alias``,
     ``mlflow_finish``.
 
-    Raises RegistryUnavailableError for any MLflow failure, leaving the caller's state
-    untouched (a version may have been registered without its alias: never served).
+    Raises RegistryUnavailableError for any MLflow failure or when ``deadline`` (default:
+    IA_MLFLOW_DEADLINE from now) passes, leaving the caller's state untouched. A run
+    left behind is marked FAILED and a version registered too late is tagged orphan,
+    at once when MLflow answers, else by ``ia-continu registry reconcile``.
     """
-    check_tracking_server(settings)
-    try:
+    _, deadline = _begin(settings, deadline)
+    sink = timings if timings is not None else {}
+
+    def operation(abandoned: threading.Event) -> RegisteredRun:
         return _log_training_run(
             settings=settings,
             result=result,
@@ -178,12 +313,27 @@ def log_training_run(
             alias=alias,
             extra_params=extra_params or {},
             tags=tags or {},
-            timings=timings if timings is not None else {},
+            timings=sink,
+            abandoned=abandoned,
         )
-    except RegistryUnavailableError:
-        raise
-    except Exception as exc:
-        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+
+    def undo(run: RegisteredRun) -> None:  # registered after the caller gave up
+        discard_registered_run(settings, run_id=run.run_id, registry_version=run.registry_version)
+
+    return run_with_deadline(deadline, "logging the retrain", operation, on_late=undo)
+
+
+def discard_registered_run(
+    settings: Settings, *, run_id: str | None, registry_version: int | None
+) -> None:
+    """A retrain that will never be stored: its run FAILED, its version tagged orphan.
+    Blocking and unbounded by a deadline (the per-call timeouts bound it): call it from
+    an abandoned operation or wrap it in ``run_with_deadline``."""
+    client = _client(settings)
+    if registry_version is not None:
+        client.set_model_version_tag(settings.model_name, str(registry_version), ORPHAN_TAG, "true")
+    if run_id is not None:
+        client.set_terminated(run_id, status="FAILED")
 
 
 # What ``mlflow.sklearn.log_model(..., registered_model_name=...)`` does in MLflow 3, with
@@ -215,9 +365,10 @@ def _log_training_run(
     extra_params: dict[str, Any],
     tags: dict[str, str],
     timings: dict[str, float],
+    abandoned: threading.Event,
 ) -> RegisteredRun:
     lap = _Laps(timings)
-    with _lock, tempfile.TemporaryDirectory(prefix="ia-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ia-model-") as tmp:
         client = _client(settings)
         pool = _executor()
         # The model files (~20 ms of CPU) are written while the run is being created;
@@ -239,6 +390,7 @@ def _log_training_run(
                 extra_params=extra_params,
                 tags=tags,
                 lap=lap,
+                abandoned=abandoned,
             )
         finally:
             _wait_all([saving], raise_first=False)  # before the directory goes
@@ -259,6 +411,7 @@ def _log_with_saved_files(
     extra_params: dict[str, Any],
     tags: dict[str, str],
     lap: _Laps,
+    abandoned: threading.Event,
 ) -> RegisteredRun:
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
     from mlflow.tracking.context.registry import resolve_tags
@@ -275,6 +428,7 @@ def _log_with_saved_files(
     }
     str_params = {k: str(v) for k, v in params.items()}
     with lap("mlflow_run"):
+        _stop_if(abandoned)
         experiment_id = _experiment_id(
             client, settings.mlflow_experiment, settings.mlflow_tracking_uri
         )
@@ -285,8 +439,10 @@ def _log_with_saved_files(
         )
     run_id = run.info.run_id
     model_id: str | None = None
+    version: int | None = None
     try:
         with lap("mlflow_model_log"):
+            _stop_if(abandoned)
             logged = client.create_logged_model(
                 experiment_id,
                 name="model",
@@ -314,8 +470,10 @@ def _log_with_saved_files(
             repo = _artifact_repository(logged.artifact_location, settings)
             pending += [pool.submit(repo.log_artifact, str(f)) for f in files]
             _wait_all(pending)
+            _stop_if(abandoned)
             client.finalize_logged_model(model_id, LoggedModelStatus.READY)
         with lap("mlflow_registration"):
+            _stop_if(abandoned)
             version = _create_model_version(
                 client, settings=settings, model_id=model_id, run_id=run_id
             )
@@ -327,7 +485,7 @@ def _log_with_saved_files(
         with lap("mlflow_finish"):
             _wait_all(finishing)
     except BaseException:
-        _mark_failed(client, run_id=run_id, model_id=model_id)
+        _mark_failed(client, settings, run_id=run_id, model_id=model_id, version=version)
         raise
     return RegisteredRun(
         run_id=run_id,
@@ -423,10 +581,16 @@ def _ensure_registered_model(client: Any, name: str) -> None:
             raise
 
 
-def _mark_failed(client: Any, *, run_id: str, model_id: str | None) -> None:
-    """Best effort: a half-logged run shows as FAILED rather than RUNNING forever."""
+def _mark_failed(
+    client: Any, settings: Settings, *, run_id: str, model_id: str | None, version: int | None
+) -> None:
+    """Best effort: a half-logged run shows as FAILED rather than RUNNING forever, and a
+    version registered for nothing is tagged orphan (reconcile does it otherwise)."""
     from mlflow.entities import LoggedModelStatus
 
+    if version is not None:
+        with contextlib.suppress(Exception):
+            client.set_model_version_tag(settings.model_name, str(version), ORPHAN_TAG, "true")
     with contextlib.suppress(Exception):
         client.set_terminated(run_id, status="FAILED")
     if model_id is not None:
@@ -480,28 +644,46 @@ def warm_up(result: TrainingResult) -> None:
         _stamp_model_ids(mlflow_model, Path(tmp) / "model", logged=fake, run_id="warm-up")
 
 
-def set_model_alias(*, settings: Settings, alias: str, registry_version: int) -> None:
-    check_tracking_server(settings)
-    try:
-        with _lock:
-            _client(settings).set_registered_model_alias(
-                settings.model_name, alias, str(registry_version)
-            )
-    except Exception as exc:
-        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+def set_model_alias(
+    *,
+    settings: Settings,
+    alias: str,
+    registry_version: int,
+    deadline: Deadline | None = None,
+    on_late: Callable[[], None] | None = None,
+) -> None:
+    """``on_late`` runs if the alias moved after the caller got its 503 (a frozen server
+    that resumed): the caller's database did not follow, the alias must go back."""
+    client, deadline = _begin(settings, deadline)
+
+    def operation(abandoned: threading.Event) -> None:
+        client.set_registered_model_alias(settings.model_name, alias, str(registry_version))
+
+    late = None if on_late is None else (lambda _: on_late())
+    run_with_deadline(deadline, f"moving the {alias} alias", operation, on_late=late)
 
 
-def get_alias_version(*, settings: Settings, alias: str) -> int | None:
+def get_alias_version(
+    *, settings: Settings, alias: str, deadline: Deadline | None = None
+) -> int | None:
     """The registry version behind ``alias``, or None when the alias is not set."""
-    with _lock:
-        client = _client(settings)
+    client = prepare(settings)
+    deadline = deadline or Deadline(settings.mlflow_deadline)
+
+    def operation(abandoned: threading.Event) -> int | None:
         try:
             mv = client.get_model_version_by_alias(settings.model_name, alias)
         except Exception as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+            if _is_missing(exc):
                 return None
             raise
-    return int(mv.version)
+        return int(mv.version)
+
+    return run_with_deadline(deadline, f"reading the {alias} alias", operation)
+
+
+def _is_missing(exc: Exception) -> bool:
+    return "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower()
 
 
 def log_monitoring_metrics(
@@ -513,18 +695,19 @@ def log_monitoring_metrics(
     now: datetime,
 ) -> str:
     """Log one monitoring run's figures as an MLflow run; returns its run id."""
-    check_tracking_server(settings)
+    client, deadline = _begin(settings)
     from mlflow.entities import Metric, Param
 
-    try:
-        with _lock:
-            client = _client(settings)
-            experiment_id = _experiment_id(
-                client, settings.mlflow_experiment, settings.mlflow_tracking_uri
-            )
-            run = client.create_run(
-                experiment_id, run_name=run_name, tags={"ia_continu.kind": "monitoring"}
-            )
+    def operation(abandoned: threading.Event) -> str:
+        experiment_id = _experiment_id(
+            client, settings.mlflow_experiment, settings.mlflow_tracking_uri
+        )
+        _stop_if(abandoned)
+        run = client.create_run(
+            experiment_id, run_name=run_name, tags={"ia_continu.kind": "monitoring"}
+        )
+        try:
+            _stop_if(abandoned)
             ts = int(now.timestamp() * 1000)
             client.log_batch(
                 run.info.run_id,
@@ -532,9 +715,13 @@ def log_monitoring_metrics(
                 params=[Param(k, str(v)) for k, v in params.items()],
             )
             client.set_terminated(run.info.run_id)
-            return str(run.info.run_id)
-    except Exception as exc:
-        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.set_terminated(run.info.run_id, status="FAILED")
+            raise
+        return str(run.info.run_id)
+
+    return run_with_deadline(deadline, "logging the monitoring run", operation)
 
 
 def run_url(settings: Settings, *, experiment_id: str, run_id: str) -> str:
@@ -545,49 +732,45 @@ def run_url(settings: Settings, *, experiment_id: str, run_id: str) -> str:
 
 def get_experiment_id(settings: Settings) -> str:
     """The id of the configured experiment (created if missing), for run links."""
-    check_tracking_server(settings)
-    try:
-        with _lock:
-            client = _client(settings)
-            return _experiment_id(client, settings.mlflow_experiment, settings.mlflow_tracking_uri)
-    except Exception as exc:
-        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+    client, deadline = _begin(settings)
+    return run_with_deadline(
+        deadline,
+        "looking up the experiment",
+        lambda _: _experiment_id(client, settings.mlflow_experiment, settings.mlflow_tracking_uri),
+    )
 
 
-def delete_model_alias(*, settings: Settings, alias: str) -> None:
+def delete_model_alias(*, settings: Settings, alias: str, deadline: Deadline | None = None) -> None:
     """Remove ``alias`` from the registered model (no error when it is not set)."""
-    check_tracking_server(settings)
-    try:
-        with _lock:
-            client = _client(settings)
-            try:
-                client.delete_registered_model_alias(settings.model_name, alias)
-            except Exception as exc:
-                if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
-                    return
+    client, deadline = _begin(settings, deadline)
+
+    def operation(abandoned: threading.Event) -> None:
+        try:
+            client.delete_registered_model_alias(settings.model_name, alias)
+        except Exception as exc:
+            if not _is_missing(exc):
                 raise
-    except Exception as exc:
-        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+
+    run_with_deadline(deadline, f"removing the {alias} alias", operation)
 
 
 def ensure_experiment(settings: Settings, *, artifact_location: str | None = None) -> str:
     """Create the configured experiment if missing, storing its artifacts at
     ``artifact_location`` (a local store would otherwise write ./mlruns in the cwd)."""
-    check_tracking_server(settings)
-    try:
-        with _lock:
-            client = _client(settings)
-            key = (settings.mlflow_tracking_uri, settings.mlflow_experiment)
-            experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-            if experiment is not None:
-                experiment_id = str(experiment.experiment_id)
-            else:
-                experiment_id = str(
-                    client.create_experiment(
-                        settings.mlflow_experiment, artifact_location=artifact_location
-                    )
+    client, deadline = _begin(settings)
+
+    def operation(abandoned: threading.Event) -> str:
+        key = (settings.mlflow_tracking_uri, settings.mlflow_experiment)
+        experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+        if experiment is not None:
+            experiment_id = str(experiment.experiment_id)
+        else:
+            experiment_id = str(
+                client.create_experiment(
+                    settings.mlflow_experiment, artifact_location=artifact_location
                 )
-            _experiment_ids[key] = experiment_id
-            return experiment_id
-    except Exception as exc:
-        raise RegistryUnavailableError(f"MLflow failed: {type(exc).__name__}: {exc}") from exc
+            )
+        _experiment_ids[key] = experiment_id
+        return experiment_id
+
+    return run_with_deadline(deadline, "creating the experiment", operation)

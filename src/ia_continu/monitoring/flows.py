@@ -164,6 +164,14 @@ async def log_run_metrics_task(
     return await asyncio.to_thread(service.log_run_metrics, settings=settings, run=run, now=now)
 
 
+@task(name="reconcile-registry", **_local)  # type: ignore[call-overload]
+async def reconcile_registry_task(*, settings: Settings, engine: Engine) -> int:
+    changed = await asyncio.to_thread(service.reconcile_registry, settings=settings, engine=engine)
+    if changed:
+        get_run_logger().info("registry reconcile: %d change(s)", changed)
+    return changed
+
+
 @task(name="record-run", **_local)  # type: ignore[call-overload]
 async def record_run_task(
     *, engine: Engine, run: repo.MonitoringRunRecord
@@ -190,6 +198,7 @@ _TASKS: dict[Callable[..., Any], Any] = {
     service.promote_challenger: promote_challenger_task,
     service.log_run_metrics: log_run_metrics_task,
     service.record_run: record_run_task,
+    service.reconcile_registry: reconcile_registry_task,
     service.notify_run: notify_run_task,
 }
 

@@ -360,6 +360,17 @@ def log_run_metrics(
     )
 
 
+def reconcile_registry(*, settings: Settings, engine: Engine) -> int:
+    """Repair registry debris of failed retrains (docs/mlflow.md); the number of
+    changes. A separate step: its failure never changes the run."""
+    from ia_continu.ml.reconcile import reconcile_registry as reconcile
+
+    report = reconcile(settings=settings, engine=engine)
+    for change in report.changes:
+        log.info("registry reconcile: %s", change)
+    return len(report.changes)
+
+
 def record_run(*, engine: Engine, run: repo.MonitoringRunRecord) -> repo.MonitoringRunRecord:
     return repo.insert_monitoring_run(engine, run)
 
@@ -459,6 +470,10 @@ async def execute_run(
         log.warning("monitoring run failed: %s: %s", type(exc).__name__, exc)
         draft.update(status="failed", decision="failed", error=_describe(exc))
     run = draft.run
+    try:  # once per run, whatever the run did: MLflow debris of failed retrains
+        await run_step(reconcile_registry, settings=settings, engine=engine)
+    except Exception as exc:
+        log.warning("registry reconcile skipped: %s", _describe(exc))
 
     run = replace(run, duration_seconds=time.perf_counter() - t0)
     link: MlflowLink | None = None

@@ -15,7 +15,6 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 _E = {"model": ErrorResponse}
-ACTIVATE_WAIT_SECONDS = 120
 
 
 @router.post(
@@ -33,9 +32,9 @@ def activate_model(version: str, state: AppState = Depends(get_state)) -> Activa
     from ia_continu.ml.registry import RegistryUnavailableError
 
     metrics = state.metrics
-    # Not while this process retrains: both move the alias, then the active row.
-    if not state.retrain_lock.acquire(timeout=ACTIVATE_WAIT_SECONDS):
-        raise HTTPException(409, "a retrain is still running; try again later")
+    # No retrain lock here: a rollback must not wait for a retrain stuck on MLflow (up
+    # to IA_MLFLOW_DEADLINE). Both only hold the database's write lock for their short
+    # transactions, and the champion alias follows the active row (docs/mlflow.md).
     try:
         previous = repo.get_active_version(state.engine)
         record = lifecycle.activate_version(
@@ -50,8 +49,6 @@ def activate_model(version: str, state: AppState = Depends(get_state)) -> Activa
             metrics.count_activation("registry_unavailable")
         log.warning("activation of %s aborted, champion unchanged: %s", version, exc)
         raise HTTPException(503, f"{exc}; the champion is unchanged") from exc
-    finally:
-        state.retrain_lock.release()
     model = lifecycle.model_from_record(record)
     state.serve(model)  # this process at once; the others through their watcher
     if metrics is not None:
