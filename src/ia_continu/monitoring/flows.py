@@ -181,6 +181,13 @@ async def notify_run_task(
     )
 
 
+@task(name="prune-data", **_local)  # type: ignore[call-overload]
+async def prune_data_task(*, settings: Settings, engine: Engine) -> str:
+    summary = await asyncio.to_thread(service.prune_data, settings=settings, engine=engine)
+    get_run_logger().info("retention: %s", summary)
+    return summary
+
+
 _TASKS: dict[Callable[..., Any], Any] = {
     service.check_api_health: check_api_health_task,
     service.find_fresh_batch: find_fresh_batch_task,
@@ -191,6 +198,7 @@ _TASKS: dict[Callable[..., Any], Any] = {
     service.log_run_metrics: log_run_metrics_task,
     service.record_run: record_run_task,
     service.notify_run: notify_run_task,
+    service.prune_data: prune_data_task,
 }
 
 
