@@ -451,9 +451,13 @@ def vacuum_database(engine: Engine, *, allow_full: bool = True) -> VacuumReport:
             _incremental_vacuum(engine)
             method = "incremental"
         elif allow_full:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
-                conn.exec_driver_sql("VACUUM")
+            raw = engine.raw_connection()  # VACUUM cannot run inside a transaction
+            try:
+                driver = raw.driver_connection
+                assert driver is not None
+                driver.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+            finally:
+                raw.close()
             method = "full"
         else:
             return VacuumReport("none", before, before)
