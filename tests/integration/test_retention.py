@@ -4,6 +4,7 @@ prune removes, datasets used by a model kept, one prune at a time, space given b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -302,3 +303,32 @@ def test_cli_prune_dry_run_then_prune(db: Engine, database_url: str, tmp_path: P
     bad = cli("--older-than", "soon")
     assert bad.returncode == 2 and "invalid duration" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_monitoring_flow_prunes_once_per_run(
+    prefect_harness: None, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The flow's prune-data task runs after the run is recorded, even a failed run (here
+    the API is down and MLflow absent: the cheapest complete run)."""
+    from ia_continu.monitoring.flows import flow_settings, monitoring_flow
+    from tests.conftest import free_port
+
+    settings = make_settings(
+        database_url=f"sqlite:///{tmp_path / 'ia.db'}",
+        api_url=f"http://127.0.0.1:{free_port()}",
+        prediction_retention_days=30,
+        mlflow_timeout=1.0,
+        mlflow_max_retries=0,
+    )
+    engine = create_db_engine(settings.resolved_database_url)
+    upgrade_database(engine)
+    _insert_old(engine, 300, age_days=40)
+    _insert_old(engine, 50, age_days=1, start=300)
+    with flow_settings(settings):
+        state = asyncio.run(monitoring_flow(return_state=True))
+    assert state.is_failed()  # the run itself failed (API down) ...
+    assert repo.get_latest_monitoring_run(engine) is not None
+    rows = _rows(engine)
+    assert len(rows) == 50  # ... and the retention still applied once it was recorded
+    engine.dispose()
