@@ -204,7 +204,11 @@ def restore_database(
     if data_dir.exists() and any(data_dir.iterdir()) and not force:
         raise BackupError(f"data directory {data_dir} is not empty (use --force to overwrite)")
     if backend == "sqlite":
-        _restore_sqlite(source, _sqlite_path(url))
+        target = _sqlite_path(url)
+        # IA_DATABASE_URL may put the file outside the data directory.
+        if target.exists() and target.stat().st_size > 0 and not force:
+            raise BackupError(f"database {target} already exists (use --force to overwrite)")
+        _restore_sqlite(source, target)
     elif backend == "postgresql":
         _restore_postgres(url, source, force=force)
     else:

@@ -188,6 +188,15 @@ async def prune_data_task(*, settings: Settings, engine: Engine) -> str:
     return summary
 
 
+async def _prune_after_run(*, settings: Settings, engine: Engine) -> None:
+    # Once per flow run, after the run is recorded and notified: a prune never changes
+    # or delays the run (POST /monitoring/run does not prune: the API prunes by itself).
+    try:
+        await prune_data_task(settings=settings, engine=engine)
+    except Exception as exc:
+        get_run_logger().warning("retention prune skipped: %s: %s", type(exc).__name__, exc)
+
+
 _TASKS: dict[Callable[..., Any], Any] = {
     service.check_api_health: check_api_health_task,
     service.find_fresh_batch: find_fresh_batch_task,
@@ -198,7 +207,6 @@ _TASKS: dict[Callable[..., Any], Any] = {
     service.log_run_metrics: log_run_metrics_task,
     service.record_run: record_run_task,
     service.notify_run: notify_run_task,
-    service.prune_data: prune_data_task,
 }
 
 
@@ -234,6 +242,7 @@ async def monitoring_flow(hour: int | None = None, samples: int | None = None) -
             run_step=run_as_task,
             flow_run_id=str(flow_run.id) if flow_run.id else None,
         )
+        await _prune_after_run(settings=settings, engine=engine)
     finally:
         engine.dispose()
     run = outcome.run

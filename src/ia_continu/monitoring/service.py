@@ -391,15 +391,6 @@ def prune_data(*, settings: Settings, engine: Engine) -> str:
     return report.describe()
 
 
-async def _prune_after_run(run_step: StepRunner, *, settings: Settings, engine: Engine) -> None:
-    # After the run is recorded and notified: a prune never changes or delays the run.
-    try:
-        summary = await run_step(prune_data, settings=settings, engine=engine)
-        log.info("retention: %s", summary)
-    except Exception as exc:
-        log.warning("retention prune skipped: %s", _describe(exc))
-
-
 def run_to_dict(run: repo.MonitoringRunRecord) -> dict[str, Any]:
     return asdict(run)
 
@@ -506,7 +497,6 @@ async def execute_run(
     notified: bool | None = None
     if notify:
         notified = await run_step(notify_run, settings=settings, run=run, mlflow_url=mlflow_url)
-    await _prune_after_run(run_step, settings=settings, engine=engine)
     log.info(
         "monitoring run %s: status=%s decision=%s champion=%s new=%s in %.2f s",
         run.id,
