@@ -98,6 +98,22 @@ class Settings(BaseSettings):
     prediction_log_flush_interval: float = Field(0.5, gt=0)
     prediction_log_batch_size: int = Field(5_000, ge=1)
 
+    # --- retention (db/retention.py, docs/operations-data.md) ---------------------------
+    # Predictions older than this many days are deleted (0 = no age limit).
+    prediction_retention_days: float = Field(30.0, ge=0)
+    # Beyond this many rows the oldest predictions are deleted (0 = no row limit).
+    prediction_max_rows: int = Field(10_000_000, ge=0)
+    # Predictions that received feedback are kept whatever their age (labelled history).
+    prediction_retention_keep_feedback: bool = True
+    # Datasets older than this many days are deleted (0 = keep every dataset); a dataset
+    # that trained a registered model, and the newest one, are never deleted.
+    dataset_retention_days: float = Field(0.0, ge=0)
+    # Seconds between two prunes by each API process (0 = only `ia-continu db prune` and
+    # the monitoring flow prune); the first one comes after a random part of it.
+    prune_interval: float = Field(300.0, ge=0)
+    # Rows deleted per transaction: small, so the write lock is never held long.
+    prune_batch_size: int = Field(2_000, ge=1, le=100_000)
+
     # --- notifications ---------------------------------------------------------------
     discord_webhook_url: SecretStr | None = None
     discord_timeout: float = Field(5.0, gt=0)

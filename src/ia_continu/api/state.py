@@ -107,10 +107,21 @@ def start_prediction_logging(state: AppState) -> None:
     if state.settings.prediction_log_enabled:
         state.predlog = PredictionLogger.from_settings(state.settings, engine=state.engine)
         state.predlog.start()
+    # Retention of the log (IA_PRUNE_INTERVAL=0: only `ia-continu db prune` and the flow).
+    from ia_continu.monitoring.pruner import BackgroundPruner
+
+    pruner = BackgroundPruner(state.settings, state.engine)
+    state.extras["pruner"] = pruner
+    pruner.start()
 
 
 async def stop_prediction_logging(state: AppState) -> None:
     """Write whatever is still queued (before the engine is disposed)."""
+    from ia_continu.monitoring.pruner import BackgroundPruner
+
+    pruner = state.extras.pop("pruner", None)
+    if isinstance(pruner, BackgroundPruner):
+        await pruner.close()
     if state.predlog is not None:
         await state.predlog.close()
         counters = state.predlog.counters()

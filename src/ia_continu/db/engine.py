@@ -49,6 +49,11 @@ def _create_sqlite_engine(url: sa.URL, *, busy_timeout_ms: int, echo: bool) -> E
         # deferred, and a deferred reader that later writes fails with "database is locked").
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # A new, empty file only, before WAL writes its header: the database can then give
+        # pruned space back without a full VACUUM (db/retention.py). On a file that has a
+        # header already the pragma is skipped: it would be a write on every connect.
+        if cur.execute("PRAGMA page_count").fetchone()[0] == 0:
+            cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA synchronous=NORMAL")

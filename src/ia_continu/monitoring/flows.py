@@ -189,6 +189,22 @@ async def notify_run_task(
     )
 
 
+@task(name="prune-data", **_local)  # type: ignore[call-overload]
+async def prune_data_task(*, settings: Settings, engine: Engine) -> str:
+    summary = await asyncio.to_thread(service.prune_data, settings=settings, engine=engine)
+    get_run_logger().info("retention: %s", summary)
+    return summary
+
+
+async def _prune_after_run(*, settings: Settings, engine: Engine) -> None:
+    # Once per flow run, after the run is recorded and notified: a prune never changes
+    # or delays the run (POST /monitoring/run does not prune: the API prunes by itself).
+    try:
+        await prune_data_task(settings=settings, engine=engine)
+    except Exception as exc:
+        get_run_logger().warning("retention prune skipped: %s: %s", type(exc).__name__, exc)
+
+
 _TASKS: dict[Callable[..., Any], Any] = {
     service.check_api_health: check_api_health_task,
     service.find_fresh_batch: find_fresh_batch_task,
@@ -235,6 +251,7 @@ async def monitoring_flow(hour: int | None = None, samples: int | None = None) -
             run_step=run_as_task,
             flow_run_id=str(flow_run.id) if flow_run.id else None,
         )
+        await _prune_after_run(settings=settings, engine=engine)
     finally:
         engine.dispose()
     run = outcome.run

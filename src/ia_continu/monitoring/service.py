@@ -389,6 +389,19 @@ def notify_run(
         return False
 
 
+def prune_data(*, settings: Settings, engine: Engine) -> str:
+    """Apply the retention limits once (db/retention.py); what was removed, in words."""
+    from ia_continu.db.retention import RetentionPolicy, prune
+
+    report = prune(
+        engine,
+        RetentionPolicy.from_settings(settings),
+        now=datetime.now(UTC),  # rows are logged in real time
+        batch_size=settings.prune_batch_size,
+    )
+    return report.describe()
+
+
 def run_to_dict(run: repo.MonitoringRunRecord) -> dict[str, Any]:
     return asdict(run)
 
