@@ -173,7 +173,9 @@ def _install_operations(
     if api_keys:
         from ia_continu.api.security import ApiKeyMiddleware, ProtectionRule, document_api_key
 
-        rule = ProtectionRule(protect_predict=settings.protect_predict)
+        rule = ProtectionRule(
+            protect_predict=settings.protect_predict, protect_reads=settings.protect_reads
+        )
         app.add_middleware(ApiKeyMiddleware, keys=api_keys, rule=rule, router=app.router)
         build_openapi = app.openapi
 
@@ -181,6 +183,28 @@ def _install_operations(
             return document_api_key(build_openapi(), rule)
 
         app.openapi = openapi_with_api_key  # type: ignore[method-assign]
+    # Host/Origin (keyless), 415 and NUL rules: outside the key check, inside the metrics.
+    from ia_continu.api.guard import (
+        EdgeMiddleware,
+        RequestRulesMiddleware,
+        document_content_types,
+    )
+
+    app.add_middleware(
+        RequestRulesMiddleware,
+        keyless=not api_keys,
+        bind_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
+    build_openapi_without_415 = app.openapi
+
+    def openapi_with_content_types() -> dict[str, Any]:
+        schema = build_openapi_without_415()
+        document_content_types(schema)
+        return schema
+
+    app.openapi = openapi_with_content_types  # type: ignore[method-assign]
     if instrument:
         from ia_continu.api.metrics import AppMetrics, MetricsMiddleware
         from ia_continu.api.routes import metrics
@@ -189,6 +213,8 @@ def _install_operations(
         app.include_router(metrics.router)
         # Added last = outermost: the 401s answered by the key check are counted too.
         app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes_of=app)
+    # Outermost: HEAD as GET, client disconnects logged in one line (api/guard.py).
+    app.add_middleware(EdgeMiddleware)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
