@@ -146,7 +146,7 @@ class RequestRulesMiddleware:
             elif name == b"transfer-encoding":
                 has_body = True
         write = scope["method"] not in _SAFE_METHODS
-        if self.keyless:
+        if self.keyless and path != "/health":  # liveness probes send any Host
             problem = self._check_site(host, origin if write else None)
             if problem is not None:
                 status, detail = problem
@@ -244,19 +244,21 @@ class EdgeMiddleware:
                 scope[CLIENT_GONE] = True
             return message
 
+        abandoned = False
         try:
             await self.app(scope, watching_receive, send)
-        except ClientDisconnect:
+        except ClientDisconnect:  # raised by Request.body(); FastAPI's parsing answers 400
+            abandoned = True
+        if scope.get(CLIENT_GONE):
             client: Any = scope.get("client")
-            if scope.get(CLIENT_GONE):
-                log.info(
-                    "client %s disconnected before sending the whole body of %s %s (499)",
-                    client[0] if client else "?",
-                    scope["method"],
-                    scope["path"],
-                )
-            else:  # answered already (413): the body was not read on purpose
-                log.debug("body of %s %s left unread", scope["method"], scope["path"])
+            log.info(
+                "client %s disconnected before sending the whole body of %s %s (499)",
+                client[0] if client else "?",
+                scope["method"],
+                scope["path"],
+            )
+        elif abandoned:  # answered already (413): the body was left unread on purpose
+            log.debug("body of %s %s left unread", scope["method"], scope["path"])
 
 
 __all__ = [
