@@ -89,8 +89,10 @@ class _WorkerGuard:
         body_deadline = now - self.limits.body_timeout
         for conn in list(self.connections):
             phase = conn.ia_phase
+            # A body whose reading the server paused (pipelined behind a slow request,
+            # or not consumed yet by the application) is not the client's fault.
             if (phase == _HEADERS and conn.ia_since < header_deadline) or (
-                phase == _BODY and conn.ia_since < body_deadline
+                phase == _BODY and conn.ia_since < body_deadline and not conn.flow.read_paused
             ):
                 self.timed_out[phase] += 1
                 conn.close_slow_client()
