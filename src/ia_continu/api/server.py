@@ -97,7 +97,7 @@ class _WorkerGuard:
                 self.timed_out[phase] += 1
                 conn.close_slow_client()
         self.report(now)
-        if self.connections:
+        if self.connections or self.has_news():
             self._sweeper = self.loop.call_later(_SWEEP_SECONDS, self.sweep)
         else:
             self._sweeper = None  # type: ignore[assignment]
@@ -123,29 +123,38 @@ class _WorkerGuard:
         return True
 
     def report(self, now: float) -> None:
-        counts = (self.evicted, self.refused, self.too_large, *self.timed_out.values())
-        if not any(counts) or now - self._last_report < _REPORT_SECONDS:
+        """One WARNING line with what the limits did since the last one (every 10 s at
+        most; the sweep goes on until it is out)."""
+        if not self.has_news() or now - self._last_report < _REPORT_SECONDS:
             return
         self._last_report = now
+        limits = self.limits
+        parts = [
+            (self.evicted, "idle or slow connections closed to make room"),
+            (self.refused, "new connections refused with 503 (every connection busy)"),
+            (self.too_large, f"requests over IA_MAX_HEADER_BYTES={limits.max_header_bytes} (431)"),
+            (
+                self.timed_out[_HEADERS],
+                f"connections closed for headers slower than "
+                f"IA_HEADER_TIMEOUT={limits.header_timeout:g}s",
+            ),
+            (
+                self.timed_out[_BODY],
+                f"connections closed for bodies slower than "
+                f"IA_BODY_TIMEOUT={limits.body_timeout:g}s",
+            ),
+        ]
         log.warning(
-            "HTTP limits (per worker, %d connections open, cap IA_MAX_CONNECTIONS=%d): "
-            "%d idle or slow connections closed to make room, %d new connections refused "
-            "(503, every connection busy), %d requests with headers over "
-            "IA_MAX_HEADER_BYTES=%d (431), %d closed for headers slower than "
-            "IA_HEADER_TIMEOUT=%gs, %d for bodies slower than IA_BODY_TIMEOUT=%gs",
+            "HTTP limits (this worker: %d connections open, cap IA_MAX_CONNECTIONS=%d): %s",
             len(self.connections),
             self.max_connections,
-            self.evicted,
-            self.refused,
-            self.too_large,
-            self.limits.max_header_bytes,
-            self.timed_out[_HEADERS],
-            self.limits.header_timeout,
-            self.timed_out[_BODY],
-            self.limits.body_timeout,
+            ", ".join(f"{count} {what}" for count, what in parts if count),
         )
         self.evicted = self.refused = self.too_large = 0
         self.timed_out = {_HEADERS: 0, _BODY: 0}
+
+    def has_news(self) -> bool:
+        return bool(self.evicted or self.refused or self.too_large or any(self.timed_out.values()))
 
 
 _GUARDS: dict[int, _WorkerGuard] = {}
