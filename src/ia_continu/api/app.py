@@ -183,12 +183,9 @@ def _install_operations(
             return document_api_key(build_openapi(), rule)
 
         app.openapi = openapi_with_api_key  # type: ignore[method-assign]
-    # Host/Origin (keyless), 415 and NUL rules: outside the key check, inside the metrics.
-    from ia_continu.api.guard import (
-        EdgeMiddleware,
-        RequestRulesMiddleware,
-        document_content_types,
-    )
+    # Host/Origin (keyless), 415, NUL, HEAD and client disconnects (api/guard.py): outside
+    # the key check, inside the metrics.
+    from ia_continu.api.guard import RequestRulesMiddleware, document_content_types
 
     app.add_middleware(
         RequestRulesMiddleware,
@@ -213,8 +210,6 @@ def _install_operations(
         app.include_router(metrics.router)
         # Added last = outermost: the 401s answered by the key check are counted too.
         app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes_of=app)
-    # Outermost: HEAD as GET, client disconnects logged in one line (api/guard.py).
-    app.add_middleware(EdgeMiddleware)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

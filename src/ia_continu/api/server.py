@@ -256,9 +256,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.ia_since = time.monotonic()
 
     def on_headers_complete(self) -> None:
-        # Exact size of this request's head (the chunk count above may include a body).
-        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-        if size > self.ia_limits.max_header_bytes:
+        limit = self.ia_limits.max_header_bytes
+        # The bytes counted include the whole last chunk, body too: only when they pass the
+        # limit is the head's exact size worth computing.
+        if self.ia_header_bytes > limit and (
+            len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > limit
+        ):
             self._refuse_headers()
             return
         self.ia_phase = _BODY
