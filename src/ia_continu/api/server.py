@@ -185,7 +185,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.ia_guard = _guard_for(limits, self.loop)
         self.ia_phase = _HEADERS
         self.ia_since = time.monotonic()
-        self.ia_header_bytes = 0
+        self.ia_header_bytes = 0  # since the last request's end: the next request's head
+        self.ia_in_body = False  # between a request's headers and its end
         self.ia_refused = False  # answered 431: the rest of the bytes are ignored
 
     # --- connection ---------------------------------------------------------------------
@@ -220,13 +221,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- bytes in -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.ia_phase == _HEADERS or self.ia_phase == _IDLE:
+        # Counted outside bodies, pipelined requests included (whatever the phase).
+        if not self.ia_in_body:
             self.ia_header_bytes += len(data)
         super().data_received(data)
-        # Still in the headers after this chunk and already over the limit: stop before
-        # httptools buffers any more of them.
+        # Still in a head after this chunk and already over the limit: stop before
+        # httptools buffers any more of it.
         if (
-            self.ia_phase == _HEADERS
+            not self.ia_in_body
             and self.ia_header_bytes > self.ia_limits.max_header_bytes
             and not self.transport.is_closing()
         ):
@@ -264,8 +266,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         ):
             self._refuse_headers()
             return
-        self.ia_phase = _BODY
-        self.ia_since = time.monotonic()
+        self.ia_in_body = True
+        if self.ia_phase == _HEADERS:  # not while an earlier pipelined request is served
+            self.ia_phase = _BODY
+            self.ia_since = time.monotonic()
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -277,6 +281,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_message_complete()
         self.ia_header_bytes = 0
+        self.ia_in_body = False
         # Answered before the body ended (a 401, a 413): nothing left to serve.
         self.ia_phase = _IDLE if self.cycle.response_complete else _SERVING
 
