@@ -3,7 +3,7 @@ load (which makes wrk figures on a shared machine swing tenfold).
 
     .venv/bin/python bench/http_guard_micro.py [--requests 20000] [--rounds 5]
 
-Two measurements, each interleaved A/B for ``--rounds`` rounds (fastest round kept):
+Two measurements, each interleaved ABBA for ``--rounds`` rounds (median kept):
 1. the protocol: a keep-alive /predict request (headers + JSON body) fed to uvicorn's
    ``HttpToolsProtocol`` and to ``GuardedHttpToolsProtocol`` over an in-memory transport,
    with an ASGI app that answers at once;
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from typing import Any
 
@@ -128,13 +129,19 @@ async def main() -> None:
 
     wrapped = RequestRulesMiddleware(answer, keyless=True)
     rows: dict[str, list[float]] = {k: [] for k in ("plain", "guarded", "app", "wrapped")}
-    for _ in range(args.rounds):
-        rows["plain"].append(await time_protocol(HttpToolsProtocol, args.requests))
-        rows["guarded"].append(await time_protocol(guarded_factory, args.requests))
-        rows["app"].append(await time_app(answer, args.requests))
-        rows["wrapped"].append(await time_app(wrapped, args.requests))
-    # The fastest round of each: the least disturbed by the other processes of the machine.
-    m = {k: min(v) for k, v in rows.items()}
+    for n in range(args.rounds):  # ABBA: a drift in the machine's load hits both alike
+        order = [("plain", "guarded"), ("app", "wrapped")]
+        if n % 2:
+            order = [(b, a) for a, b in order]
+        for name in (name for pair in order for name in pair):
+            if name in ("plain", "guarded"):
+                factory = HttpToolsProtocol if name == "plain" else guarded_factory
+                rows[name].append(await time_protocol(factory, args.requests))
+            else:
+                rows[name].append(
+                    await time_app(answer if name == "app" else wrapped, args.requests)
+                )
+    m = {k: statistics.median(v) for k, v in rows.items()}
     print(
         f"protocol per request: uvicorn httptools {m['plain']:.2f} us, guarded "
         f"{m['guarded']:.2f} us (+{m['guarded'] - m['plain']:.2f} us)"
