@@ -153,6 +153,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "mlflow_experiment": f"ia_continu_test_{uuid.uuid4().hex[:8]}",
             "model_refresh_interval": 0.2,
             "timezone": "UTC",
+            # Starlette's TestClient sends "Host: testserver" (keyless Host check).
+            "allowed_hosts": "testserver",
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

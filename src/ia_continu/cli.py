@@ -55,18 +55,34 @@ def serve(
     engine.dispose()
     uvicorn.run(
         "ia_continu.api.asgi:create_app_from_env",
+        # Header size, slow clients and connection cap (api/server.py); a partial of a
+        # module-level class survives the pickling of the config to spawned workers.
+        http=_guarded_http_protocol(settings),
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
         loop="uvloop",
-        http="httptools",
         access_log=False,
         timeout_graceful_shutdown=30,
         timeout_keep_alive=settings.keep_alive_timeout,
         env_file=None,
     )
+
+
+def _guarded_http_protocol(settings: Settings) -> Any:
+    from functools import partial
+
+    from ia_continu.api.server import GuardedHttpToolsProtocol, HttpLimits
+
+    limits = HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+    )
+    return partial(GuardedHttpToolsProtocol, limits=limits)
 
 
 def _prepare_serving(settings: Settings) -> None:

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     # server closed connections that clients were reusing at that very moment, and the
     # request failed with a reset ("server disconnected without sending a response").
     keep_alive_timeout: int = Field(75, ge=1)
+    # Connection-level limits per worker (api/server.py, docs/security.md): request line +
+    # headers size (431 past it), seconds to send the headers / the body (closed past
+    # them), open connections (lowered to fit the open-file limit).
+    max_header_bytes: int = Field(16_384, ge=1024)
+    header_timeout: float = Field(10.0, gt=0)
+    body_timeout: float = Field(30.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
 
     # --- storage -----------------------------------------------------------------
     data_dir: Path = Path("./data")
@@ -124,6 +131,13 @@ class Settings(BaseSettings):
     protect_predict: bool = False
     allow_anonymous: bool = False
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Every GET but /health needs the key too (docs/security.md). Needs a key configured.
+    protect_reads: bool = False
+    # Without a key: Host names accepted besides localhost, 127.0.0.1, ::1 and IA_HOST
+    # (comma-separated, port ignored, "*" = any), and the Origins allowed to send writes
+    # besides the service's own (comma-separated, e.g. http://localhost:3000, "*" = any).
+    allowed_hosts: str = ""
+    allowed_origins: str = ""
 
     # --- dashboard links ---------------------------------------------------------------
     mlflow_ui_url: str = "http://localhost:5000"

@@ -71,14 +71,14 @@ def test_body_limit_on_real_server_declared_and_streamed(live_server: LiveServer
     port = live_server.port
     # Declared too large: the answer comes without the server reading the body.
     head = (
-        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % (50 * MIB)
     )
     status, body = _raw_http(port, head, b'{"samples": 100' + b" " * 100)
     assert status == 413 and b"bytes" in body
     # Chunked transfer, no Content-Length: counted as it streams.
     head = (
-        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
     chunk = b" " * 65536

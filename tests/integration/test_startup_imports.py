@@ -18,7 +18,8 @@ from ia_continu.config import Settings
 from ia_continu.ml.predictor import LinearModel
 
 settings = Settings(_env_file=None, data_dir=sys.argv[1], warm_up_ml=False,
-                    mlflow_tracking_uri="http://127.0.0.1:9")
+                    mlflow_tracking_uri="http://127.0.0.1:9",
+                    allowed_hosts="testserver")  # TestClient's Host (keyless Host check)
 with TestClient(create_app(settings)) as client:
     assert client.get("/health").status_code == 200
     assert client.post("/predict", json={"features": [1, 2]}).status_code == 503

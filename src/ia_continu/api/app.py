@@ -193,7 +193,9 @@ def _install_operations(
     if api_keys:
         from ia_continu.api.security import ApiKeyMiddleware, ProtectionRule, document_api_key
 
-        rule = ProtectionRule(protect_predict=settings.protect_predict)
+        rule = ProtectionRule(
+            protect_predict=settings.protect_predict, protect_reads=settings.protect_reads
+        )
         app.add_middleware(ApiKeyMiddleware, keys=api_keys, rule=rule, router=app.router)
         build_openapi = app.openapi
 
@@ -201,6 +203,25 @@ def _install_operations(
             return document_api_key(build_openapi(), rule)
 
         app.openapi = openapi_with_api_key  # type: ignore[method-assign]
+    # Host/Origin (keyless), 415, NUL, HEAD and client disconnects (api/guard.py): outside
+    # the key check, inside the metrics.
+    from ia_continu.api.guard import RequestRulesMiddleware, document_content_types
+
+    app.add_middleware(
+        RequestRulesMiddleware,
+        keyless=not api_keys,
+        bind_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins,
+    )
+    build_openapi_without_415 = app.openapi
+
+    def openapi_with_content_types() -> dict[str, Any]:
+        schema = build_openapi_without_415()
+        document_content_types(schema)
+        return schema
+
+    app.openapi = openapi_with_content_types  # type: ignore[method-assign]
     if instrument:
         from ia_continu.api.metrics import AppMetrics, MetricsMiddleware
         from ia_continu.api.routes import metrics

@@ -16,10 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def parse_body(model: type[M], raw: bytes) -> M:
     """Validate ``raw`` JSON against ``model``; 422 (RequestValidationError) otherwise."""
+    if raw[:3] == _UTF8_BOM:  # what json.loads does for the routes FastAPI parses
+        raw = raw[3:]
     if not raw or raw.isspace():
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
+from ia_continu.api.guard import CLIENT_GONE, CLIENT_GONE_STATUS
 from ia_continu.api.security import ASGIApp, Message, Receive, Scope, Send
 from ia_continu.config import PROMETHEUS_MULTIPROC_ENV, Settings, get_prometheus_multiproc_dir
 
@@ -511,6 +512,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            if scope.get(CLIENT_GONE):  # left mid-body: not a server error (api/guard.py)
+                status = CLIENT_GONE_STATUS
             method = scope["method"]
             self.metrics.observe_request(
                 method if method in _METHODS else "other",

@@ -29,6 +29,8 @@ _HEADER_BYTES = HEADER.lower().encode()
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Writes that stay open unless IA_PROTECT_PREDICT=true: serving predictions is the product.
 OPEN_WRITES = frozenset({("POST", "/predict"), ("POST", "/predict/batch")})
+# Reads that stay open even with IA_PROTECT_READS=true: liveness for uptime monitors.
+OPEN_READS = frozenset({"/health"})
 MISSING_KEY = f"missing API key: send it in the {HEADER} header"
 INVALID_KEY = f"invalid API key in the {HEADER} header"
 UNAUTHORIZED_DESCRIPTION = f"Missing or invalid API key ({HEADER} header)"
@@ -110,6 +112,10 @@ def check_startup_security(settings: Settings) -> tuple[str, ...]:
     """Load the keys, refusing to serve anonymously on a non-loopback address unless
     IA_ALLOW_ANONYMOUS=true says so. Returns the keys."""
     keys = load_api_keys(settings)
+    if settings.protect_reads and not keys:
+        raise SecurityConfigError(
+            "IA_PROTECT_READS=true needs a key to check: set IA_API_KEYS or IA_API_KEYS_FILE"
+        )
     if keys or is_loopback_host(settings.host):
         return keys
     if not settings.allow_anonymous:
@@ -132,11 +138,16 @@ def check_startup_security(settings: Settings) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class ProtectionRule:
     protect_predict: bool = False
+    protect_reads: bool = False  # IA_PROTECT_READS: every GET/HEAD but OPEN_READS too
 
     def is_protected(self, method: str, path: str) -> bool:
         method = method.upper()
         if method in SAFE_METHODS:
-            return False
+            return (
+                self.protect_reads
+                and method != "OPTIONS"
+                and (path.rstrip("/") or "/") not in OPEN_READS
+            )
         if self.protect_predict:
             return True
         # "/predict/" must not slip past the open list nor be treated differently.
@@ -192,7 +203,9 @@ class ApiKeyMiddleware:
             return True
 
     def _accepts(self, given: bytes) -> bool:
-        digest = hashlib.sha256(given).digest()
+        # RFC 9110: whitespace around a field value is not part of it (the server strips
+        # the leading one only).
+        digest = hashlib.sha256(given.strip(b" \t")).digest()
         matched = False
         for expected in self._digests:  # no early exit: time does not tell which key matched
             matched |= hmac.compare_digest(digest, expected)

@@ -75,8 +75,12 @@
     }
   }
 
+  /* GET with the API key when one is stored (reads need it with IA_PROTECT_READS=true). */
   async function getJSON(path) {
-    const response = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+    const headers = { Accept: "application/json" };
+    const key = readKey();
+    if (key) headers["X-API-Key"] = key;
+    const response = await fetch(path, { headers, cache: "no-store" });
     if (!response.ok) throw new HttpError(response.status, await detailOf(response));
     return response.json();
   }
