@@ -409,6 +409,20 @@ def list_models(engine: Engine) -> list[ModelRecord]:
     return [_model_record(r) for r in rows]
 
 
+def list_models_page(
+    engine: Engine, *, limit: int, offset: int = 0
+) -> tuple[list[ModelRecord], int]:
+    """One page of model versions, newest first (highest id), and how many there are."""
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(sa.select(models).order_by(models.c.id.desc()).limit(limit).offset(offset))
+            .mappings()
+            .all()
+        )
+        total = int(conn.execute(sa.select(sa.func.count()).select_from(models)).scalar_one())
+    return [_model_record(r) for r in rows], total
+
+
 def _model_values(record: ModelRecord) -> dict[str, Any]:
     return {
         "version": record.version,
