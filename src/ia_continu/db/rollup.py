@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -109,43 +110,52 @@ def _boundary(since: datetime) -> tuple[int, datetime]:
     return minute, datetime.fromtimestamp(minute, UTC)
 
 
-def _rollup_groups(conn: Connection, from_minute: int) -> list[_Group]:
-    r = prediction_rollup.c
-    stmt = (
-        sa.select(
-            r.model_version,
-            r.prediction,
-            sa.func.sum(r.count),
-            sa.func.sum(r.confidence_sum),
-            sa.func.sum(r.feature1_sum),
-            sa.func.sum(r.feature2_sum),
-        )
-        .where(r.minute >= from_minute)
-        .group_by(r.model_version, r.prediction)
+# Built once: composing a statement cost more than running it on a small rollup.
+_R = prediction_rollup.c
+_P = predictions.c
+_ROLLUP_STATS = (
+    sa.select(
+        _R.model_version,
+        _R.prediction,
+        sa.func.sum(_R.count),
+        sa.func.sum(_R.confidence_sum),
+        sa.func.sum(_R.feature1_sum),
+        sa.func.sum(_R.feature2_sum),
     )
-    return [
-        _Group(v, int(p), int(n), float(c), float(f1), float(f2))
-        for v, p, n, c, f1, f2 in conn.execute(stmt)
-    ]
+    .where(_R.minute >= sa.bindparam("from_minute"))
+    .group_by(_R.model_version, _R.prediction)
+)
+_RAW_STATS = (
+    sa.select(
+        _P.model_version,
+        _P.prediction,
+        sa.func.count(),
+        sa.func.sum(_P.confidence),
+        sa.func.sum(_P.feature1 * sa.literal_column(repr(FEATURE_SCALE))),
+        sa.func.sum(_P.feature2 * sa.literal_column(repr(FEATURE_SCALE))),
+    )
+    .where(_P.created_at >= sa.bindparam("since"), _P.created_at < sa.bindparam("until"))
+    .group_by(_P.model_version, _P.prediction)
+)
 
 
-def _raw_groups(conn: Connection, since: datetime, until: datetime) -> list[_Group]:
-    p = predictions.c
-    stmt = (
-        sa.select(
-            p.model_version,
-            p.prediction,
-            sa.func.count(),
-            sa.func.sum(p.confidence),
-            sa.func.sum(p.feature1 * FEATURE_SCALE),
-            sa.func.sum(p.feature2 * FEATURE_SCALE),
-        )
-        .where(p.created_at >= since, p.created_at < until)
-        .group_by(p.model_version, p.prediction)
+@lru_cache(maxsize=32)
+def _rollup_buckets(width: int) -> sa.Select[Any]:
+    # The width inlined, not bound: PostgreSQL must see the same expression in SELECT and
+    # GROUP BY.
+    literal_width = sa.literal_column(str(width), sa.BigInteger)
+    bucket = ((_R.minute // literal_width) * literal_width).label("bucket")
+    class_1 = sa.func.sum(sa.case((_R.prediction == 1, _R.count), else_=0))
+    return (
+        sa.select(bucket, _R.model_version, sa.func.sum(_R.count), class_1)
+        .where(_R.minute >= sa.bindparam("from_minute"))
+        .group_by(bucket, _R.model_version)
     )
+
+
+def _groups(rows: Iterable[Any]) -> list[_Group]:
     return [
-        _Group(v, int(p_), int(n), float(c), float(f1), float(f2))
-        for v, p_, n, c, f1, f2 in conn.execute(stmt)
+        _Group(v, int(p), int(n), float(c), float(f1), float(f2)) for v, p, n, c, f1, f2 in rows
     ]
 
 
@@ -162,7 +172,8 @@ def summarize_predictions(engine: Engine, *, since: datetime) -> Any:
 
     minute, boundary = _boundary(since)
     with engine.connect() as conn:
-        groups = _raw_groups(conn, since.astimezone(UTC), boundary) + _rollup_groups(conn, minute)
+        raw = conn.execute(_RAW_STATS, {"since": since.astimezone(UTC), "until": boundary})
+        groups = _groups(raw) + _groups(conn.execute(_ROLLUP_STATS, {"from_minute": minute}))
     per_version: dict[str, list[float]] = {}
     count = class_1 = 0
     sum1 = sum2 = 0.0
@@ -213,17 +224,8 @@ def count_predictions_by_bucket(engine: Engine, *, since: datetime, bucket_secon
         acc = totals.setdefault((int(b.start.timestamp()), b.model_version), [0, 0])
         acc[0] += b.class_0
         acc[1] += b.class_1
-    r = prediction_rollup.c
-    literal_width = sa.literal_column(str(width), sa.BigInteger)
-    bucket = ((r.minute // literal_width) * literal_width).label("bucket")
-    class_1 = sa.func.sum(sa.case((r.prediction == 1, r.count), else_=0))
-    stmt = (
-        sa.select(bucket, r.model_version, sa.func.sum(r.count), class_1)
-        .where(r.minute >= minute)
-        .group_by(bucket, r.model_version)
-    )
     with engine.connect() as conn:
-        for start, version, n, c1 in conn.execute(stmt):
+        for start, version, n, c1 in conn.execute(_rollup_buckets(width), {"from_minute": minute}):
             acc = totals.setdefault((int(start), version), [0, 0])
             acc[0] += int(n) - int(c1)
             acc[1] += int(c1)
