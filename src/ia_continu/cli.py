@@ -48,11 +48,37 @@ def serve(
 
     settings = _settings(host=host, port=port, workers=workers)
     _setup_logging(settings.log_level)
-    _prepare_serving(settings)
-    # Migrate once here so that N workers do not all race to do it.
+    metrics_dir = _prepare_serving(settings)
+    try:
+        _migrate_or_exit(settings, create_db_engine, upgrade_database)
+        _run_uvicorn(uvicorn, settings)
+    finally:  # the multiprocess files are memory on a tmpfs: give it back
+        from ia_continu.api.metrics import remove_multiprocess_dir
+
+        remove_multiprocess_dir(metrics_dir)
+
+
+def _migrate_or_exit(settings: Settings, create_db_engine: Any, upgrade_database: Any) -> None:
+    """Migrate once here so that N workers do not all race to do it; a database that
+    cannot be written is one line and exit 1, not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     engine = create_db_engine(settings.resolved_database_url)
-    upgrade_database(engine)
-    engine.dispose()
+    try:
+        upgrade_database(engine)
+    except SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        typer.echo(
+            f"ia-continu serve: cannot migrate the database "
+            f"{engine.url.render_as_string(hide_password=True)}: {cause}",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+def _run_uvicorn(uvicorn: Any, settings: Settings) -> None:
     uvicorn.run(
         "ia_continu.api.asgi:create_app_from_env",
         # Header size, slow clients and connection cap (api/server.py); a partial of a
@@ -85,8 +111,9 @@ def _guarded_http_protocol(settings: Settings) -> Any:
     return partial(GuardedHttpToolsProtocol, limits=limits)
 
 
-def _prepare_serving(settings: Settings) -> None:
-    """Security guard and metrics directory, before any worker starts."""
+def _prepare_serving(settings: Settings) -> Path:
+    """Security guard, writable data directory and metrics directory, before any worker
+    starts. Returns the metrics directory."""
     import os
 
     from ia_continu.api.metrics import prepare_multiprocess_dir
@@ -97,11 +124,30 @@ def _prepare_serving(settings: Settings) -> None:
     except SecurityConfigError as exc:
         typer.echo(f"ia-continu serve: {exc}", err=True)
         raise typer.Exit(2) from None
+    _check_data_dirs_or_exit("serve", settings)
     # Workers rebuild their settings from the environment: give them the options'
     # values, so their own start-up check sees the address really bound.
     os.environ["IA_HOST"] = settings.host
     os.environ["IA_PORT"] = str(settings.port)
-    prepare_multiprocess_dir(settings)
+    try:
+        return prepare_multiprocess_dir(settings)
+    except OSError as exc:
+        from ia_continu.ops.disk import DataDirError
+
+        path = Path(exc.filename) if exc.filename else settings.data_dir
+        typer.echo(f"ia-continu serve: metrics: {DataDirError(path, exc)}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _check_data_dirs_or_exit(command: str, settings: Settings) -> None:
+    """A read-only or full data directory: one line naming the path and errno, exit 1."""
+    from ia_continu.ops.disk import DataDirError, check_data_dirs
+
+    try:
+        check_data_dirs(settings)
+    except DataDirError as exc:
+        typer.echo(f"ia-continu {command}: data directory: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @db_app.command("upgrade")
@@ -365,6 +411,7 @@ def up(
 
     settings = _settings()
     _setup_logging(settings.log_level)
+    _check_data_dirs_or_exit("up", settings)
     raise typer.Exit(
         run_stack(
             settings, mlflow_port=mlflow_port, mlflow_dir=mlflow_dir, with_prefect=with_prefect

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # Empty means sqlite:///<data_dir>/ia_continu_solution.db (see ``resolved_database_url``).
     database_url: str = ""
     db_busy_timeout_ms: int = Field(30_000, ge=0)
+    # Prometheus multiprocess files of `ia-continu serve` (memory-mapped: on a full disk a
+    # write to them is a SIGBUS, not an error). Empty = a tmpfs: $XDG_RUNTIME_DIR, else
+    # /dev/shm, else <data_dir>/prometheus. See docs/operations-disk.md.
+    metrics_dir: Path | None = None
 
     # --- MLflow ------------------------------------------------------------------
     mlflow_tracking_uri: str = "http://localhost:5000"
@@ -174,6 +178,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 
+    @field_validator("metrics_dir", mode="before")
+    @classmethod
+    def _blank_metrics_dir_means_default(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("api_keys", "api_keys_file", mode="before")
     @classmethod
     def _blank_means_unset(cls, value: object) -> object:
@@ -214,6 +225,13 @@ def get_prometheus_multiproc_dir() -> Path | None:
     return Path(value) if value else None
 
 
+def get_runtime_tmpfs_dirs() -> list[Path]:
+    """Memory-backed directories for run-time files, preferred first ($XDG_RUNTIME_DIR,
+    then /dev/shm): a full data disk cannot reach them."""
+    candidates = [os.environ.get("XDG_RUNTIME_DIR", ""), "/dev/shm"]
+    return [Path(c) for c in candidates if c]
+
+
 __all__ = [
     "PROMETHEUS_MULTIPROC_ENV",
     "VERSION",
@@ -221,5 +239,6 @@ __all__ = [
     "Settings",
     "get_cached_settings",
     "get_prometheus_multiproc_dir",
+    "get_runtime_tmpfs_dirs",
     "get_settings",
 ]

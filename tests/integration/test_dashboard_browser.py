@@ -302,3 +302,59 @@ def test_dashboard_asks_for_the_api_key_once_and_shows_401(
         )
         assert stored == [1, 0, ""]
         assert console.errors == []
+
+
+def _stroke_pixels(page: Any, chart: str, rgb: tuple[int, int, int]) -> int:
+    """Opaque pixels of about this colour on the chart's canvas (its drawn lines)."""
+    return int(
+        page.evaluate(
+            """([chart, rgb]) => {
+              const canvas = document.querySelector('#' + chart + ' canvas');
+              if (!canvas) return 0;
+              const ctx = canvas.getContext('2d');
+              const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+              let n = 0;
+              for (let i = 0; i < d.length; i += 4) {
+                if (d[i + 3] > 200 && Math.abs(d[i] - rgb[0]) < 40 &&
+                    Math.abs(d[i + 1] - rgb[1]) < 40 && Math.abs(d[i + 2] - rgb[2]) < 40) n++;
+              }
+              return n;
+            }""",
+            [chart, list(rgb)],
+        )
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_traffic_chart_draws_a_window_whose_predictions_share_one_bucket(
+    live_server_real_clock: LiveServer, open_page: Callable[..., Any]
+) -> None:
+    """Issue 10 item 8: 201 predictions within one minute drew an empty chart (a stepped
+    line needs two points). The API's answer is replaced by exactly that case."""
+    from datetime import UTC, datetime
+
+    from playwright.sync_api import expect
+
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    one_bucket = {
+        "window_minutes": 60,
+        "bucket_seconds": 60,
+        "points": [{"t": minute.isoformat(), "model_version": "v1", "class_0": 120, "class_1": 81}],
+    }
+
+    def single_bucket(route: Any) -> None:
+        route.fulfill(json=one_bucket)
+
+    browser_page = open_page(f"{live_server_real_clock.url}/dashboard")
+    browser_page.route("**/predictions/timeseries*", single_bucket)
+    # The test's own pixel reads make Chromium suggest willReadFrequently.
+    console = Console(browser_page, allowed=("willReadFrequently",))
+    browser_page.select_option("#traffic-window", "15")  # refreshes through the route
+    browser_page.select_option("#traffic-window", "60")
+    expect(browser_page.locator("#caption-traffic")).to_contain_text(
+        "201 predictions in the window: 120 class 0, 81 class 1"
+    )
+    browser_page.wait_for_timeout(300)  # uPlot draws on the next frame
+    assert _stroke_pixels(browser_page, "chart-traffic", (0, 114, 178)) > 20  # class 0
+    assert _stroke_pixels(browser_page, "chart-traffic", (213, 94, 0)) > 20  # class 1
+    assert console.errors == []

@@ -98,6 +98,7 @@ def create_app(
     )
     app.state.settings = settings
     _install_error_handlers(app)
+    _install_disk_error_handler(app)
 
     from ia_continu.api.routes import core
 
@@ -261,12 +262,36 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
-    async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-        log.warning("database error: %s", exc)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        from ia_continu.ops.disk import describe_disk_error, is_disk_full_error
+
+        if is_disk_full_error(exc):  # say what is full, not only that the write failed
+            settings: Settings = request.app.state.settings
+            log.error("%s (data directory %s)", describe_disk_error(exc), settings.data_dir)
+        else:
+            log.warning("database error: %s", exc)
         return JSONResponse(
             status_code=503,
             content={"detail": "database unavailable, retry shortly"},
             headers={"Retry-After": "1"},
+        )
+
+
+def _install_disk_error_handler(app: FastAPI) -> None:
+    """A full or read-only disk (model file, any run-time file) is a 503 on the write that
+    needed it, with a log line naming the file; other OSErrors stay server errors."""
+
+    @app.exception_handler(OSError)
+    async def _disk_unavailable(_request: Request, exc: OSError) -> JSONResponse:
+        from ia_continu.ops.disk import describe_disk_error, is_disk_full_error
+
+        if not is_disk_full_error(exc):
+            raise exc
+        log.error("%s", describe_disk_error(exc))
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the disk is full or read-only: this write cannot be stored"},
+            headers={"Retry-After": "30"},
         )
 
 

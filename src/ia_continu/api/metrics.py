@@ -23,7 +23,12 @@ from sqlalchemy.engine import Engine
 
 from ia_continu.api.guard import CLIENT_GONE, CLIENT_GONE_STATUS
 from ia_continu.api.security import ASGIApp, Message, Receive, Scope, Send
-from ia_continu.config import PROMETHEUS_MULTIPROC_ENV, Settings, get_prometheus_multiproc_dir
+from ia_continu.config import (
+    PROMETHEUS_MULTIPROC_ENV,
+    Settings,
+    get_prometheus_multiproc_dir,
+    get_runtime_tmpfs_dirs,
+)
 
 if TYPE_CHECKING:
     from ia_continu.monitoring.predlog import PredictionLogCounters, PredictionLogger
@@ -59,24 +64,65 @@ PREDICTION_LOG_REPORT_SECONDS = 5.0
 
 # --- multi-worker directory ---------------------------------------------------------------------
 
+# A tmpfs with less free space than this is passed over (each worker's files take ~64 KiB
+# each and grow by doubling; a write into a memory-mapped page the file system cannot
+# back is a SIGBUS that kills the worker, not an error).
+MIN_METRICS_DIR_FREE_BYTES = 16 * 1024 * 1024
+_SERVED_PREFIX = "served_"  # served_<pid>.txt: the version that worker serves
+
+
+def _instance_name(settings: Settings) -> str:
+    # One directory per host and port: replicas sharing a volume (compose --scale api=3)
+    # or two servers on one machine never mix or wipe each other's files.
+    return f"{socket.gethostname()}-{settings.port}"
+
+
+def _has_room(directory: Path) -> bool:
+    try:
+        if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+            return False
+        stat = os.statvfs(directory)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize >= MIN_METRICS_DIR_FREE_BYTES
+
 
 def multiprocess_dir_for(settings: Settings) -> Path:
-    # One directory per host and port: replicas sharing the data volume (compose
-    # --scale api=3) or two servers on one machine never mix or wipe each other's files.
-    return settings.data_dir / "prometheus" / f"{socket.gethostname()}-{settings.port}"
+    """Where `ia-continu serve` keeps the Prometheus multiprocess files: IA_METRICS_DIR,
+    else a memory-backed directory ($XDG_RUNTIME_DIR, /dev/shm) so that a full or
+    read-only data disk cannot reach the memory-mapped files, else the data directory."""
+    if settings.metrics_dir is not None:
+        return settings.metrics_dir / _instance_name(settings)
+    for base in get_runtime_tmpfs_dirs():
+        if _has_room(base):
+            return base / "ia-continu-metrics" / _instance_name(settings)
+    return settings.data_dir / "prometheus" / _instance_name(settings)
 
 
 def prepare_multiprocess_dir(settings: Settings) -> Path:
     """Create and empty the shared metrics directory, and export it to the workers.
 
-    Call before uvicorn starts (and before anything imports prometheus_client)."""
+    Call before uvicorn starts (and before anything imports prometheus_client).
+    Raises OSError when the directory cannot be created or written."""
     path = multiprocess_dir_for(settings).resolve()
     path.mkdir(parents=True, exist_ok=True)
     # Files of a previous run would be summed in as if its processes were still alive.
-    for stale in path.glob("*.db"):
+    for stale in [*path.glob("*.db"), *path.glob(f"{_SERVED_PREFIX}*")]:
         stale.unlink(missing_ok=True)
+    probe = path / ".write-probe"
+    probe.write_bytes(b"\0" * 4096)  # ENOSPC / EROFS here, not a SIGBUS in a worker later
+    probe.unlink()
     os.environ[PROMETHEUS_MULTIPROC_ENV] = str(path)
     return path
+
+
+def remove_multiprocess_dir(path: Path) -> None:
+    """Delete the directory when the server stops (tmpfs is memory)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the shared parent, when now empty
+        path.parent.rmdir()
 
 
 def is_multiprocess_mode() -> bool:
@@ -99,9 +145,31 @@ def mark_dead_workers(path: Path) -> list[int]:
             continue
         if pid not in dead and not _pid_alive(pid):
             dead.add(pid)
+    for file in path.glob(f"{_SERVED_PREFIX}*.txt"):
+        try:
+            pid = int(file.stem.removeprefix(_SERVED_PREFIX))
+        except ValueError:
+            continue
+        if pid in dead or not _pid_alive(pid):
+            dead.add(pid)
+            file.unlink(missing_ok=True)
     for pid in dead:
         multiprocess.mark_process_dead(pid, str(path))
     return sorted(dead)
+
+
+def read_served_versions(path: Path) -> dict[int, str]:
+    """pid -> the version each live worker serves (one small file per worker)."""
+    served: dict[int, str] = {}
+    for file in path.glob(f"{_SERVED_PREFIX}*.txt"):
+        try:
+            pid = int(file.stem.removeprefix(_SERVED_PREFIX))
+            version = file.read_text().strip()
+        except (ValueError, OSError):
+            continue
+        if version and _pid_alive(pid):
+            served[pid] = version
+    return served
 
 
 def _pid_alive(pid: int) -> bool:
@@ -177,15 +245,10 @@ class AppMetrics:
             ("outcome",),
             registry=registry,
         )
-        # One series per worker process (label pid in multiprocess mode): shows that every
-        # process follows a new champion or a rollback.
-        self.served_model = Gauge(
-            "ia_served_model",
-            "1 for the model version this API process serves",
-            ("version",),
-            multiprocess_mode="liveall",
-            registry=registry,
-        )
+        # ia_served_model: one series per worker process (label pid in multiprocess mode),
+        # for the version it serves now. Not a prometheus_client Gauge: a multiprocess
+        # file cannot forget a series, and after 1,755 versions /metrics carried 2,816
+        # zeros. Each worker writes its version to served_<pid>.txt; render() reads them.
         self._served_version: str | None = None
         # One series per live worker process: "workers up" on the dashboards.
         self.worker_up = Gauge(
@@ -223,6 +286,8 @@ class AppMetrics:
         # Settings the alert rules compare against (IA_MIN_ACCURACY, IA_MONITOR_INTERVAL):
         # exported so that Prometheus follows .env instead of a copy of it in the rules.
         self.settings = settings
+        if registry is not None:
+            registry.register(_ServedModelCollector(self))
         # labels() takes a lock and builds a key: cache the children (hot path).
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._prediction_children: dict[tuple[str, int], Any] = {}
@@ -274,12 +339,15 @@ class AppMetrics:
 
     def set_served_version(self, version: str) -> None:
         previous, self._served_version = self._served_version, version
-        if previous == version:
+        if previous == version or not self.multiprocess or self.multiprocess_dir is None:
             return
-        if previous is not None:
-            # Zero rather than remove: a multiprocess file cannot forget a series.
-            self.served_model.labels(previous).set(0)
-        self.served_model.labels(version).set(1)
+        path = self.multiprocess_dir / f"{_SERVED_PREFIX}{os.getpid()}.txt"
+        temporary = path.with_suffix(".tmp")
+        try:  # whole or not at all: a scrape never reads half a version
+            temporary.write_text(version)
+            os.replace(temporary, path)
+        except OSError as exc:  # full tmpfs: /metrics loses this series, serving goes on
+            log.warning("metrics: cannot record the served version in %s: %s", path, exc)
 
     def report_prediction_log(self, counters: PredictionLogCounters) -> None:
         """Bring the prediction-log metrics up to the logger's counters (adds the deltas
@@ -302,21 +370,22 @@ class AppMetrics:
         if self.multiprocess and self.multiprocess_dir is not None:
             from prometheus_client import multiprocess
 
+            served = self.multiprocess_dir / f"{_SERVED_PREFIX}{os.getpid()}.txt"
+            served.unlink(missing_ok=True)
             multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 
     # -- exposition ------------------------------------------------------------------------------
 
     def render(self, engine: Engine | None) -> bytes:
         """The text exposition: every process's counters plus the database's view."""
-        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client import generate_latest
 
         if self.multiprocess and self.multiprocess_dir is not None:
-            from prometheus_client.multiprocess import MultiProcessCollector
-
-            mark_dead_workers(self.multiprocess_dir)
-            process_registry = CollectorRegistry()
-            MultiProcessCollector(process_registry, path=str(self.multiprocess_dir))
-            process_part = generate_latest(process_registry)
+            try:
+                process_part = self._render_multiprocess(self.multiprocess_dir)
+            except Exception as exc:  # degrade: the database's view still answers
+                log.warning("metrics: cannot read %s: %s", self.multiprocess_dir, exc)
+                process_part = b""
         else:
             assert self.registry is not None
             process_part = generate_latest(self.registry)
@@ -324,6 +393,23 @@ class AppMetrics:
         if self.settings is None:
             return process_part + database_part
         return process_part + database_part + generate_latest(_SettingsCollector(self.settings))
+
+    def _render_multiprocess(self, path: Path) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        mark_dead_workers(path)
+        process_registry = CollectorRegistry()
+        MultiProcessCollector(process_registry, path=str(path))
+        served = GaugeMetricFamily(
+            "ia_served_model",
+            "1 for the model version this API process serves",
+            labels=["pid", "version"],
+        )
+        for pid, version in sorted(read_served_versions(path).items()):
+            served.add_metric([str(pid), version], 1)
+        return generate_latest(process_registry) + generate_latest(_FamiliesCollector([served]))
 
 
 async def report_prediction_log_periodically(
@@ -357,6 +443,31 @@ class _SettingsCollector:
             "IA_MONITOR_INTERVAL: seconds between scheduled monitoring runs",
             value=self._settings.monitor_interval,
         )
+
+
+class _FamiliesCollector:
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._families
+
+
+class _ServedModelCollector:
+    """Single-process mode: the one version this process serves."""
+
+    def __init__(self, metrics: AppMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "ia_served_model", "1 for the model version this API process serves", labels=["version"]
+        )
+        if self._metrics._served_version is not None:
+            family.add_metric([self._metrics._served_version], 1)
+        yield family
 
 
 class _DatabaseCollector:

@@ -157,6 +157,12 @@ class ModelInfo(BaseModel):
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     active_version: str | None
+    # Paging (additive): ``models`` is one page, newest first; the active model is
+    # always given whole in ``active_model``, whatever page it falls on.
+    total: int = Field(0, description="model versions stored")
+    limit: int = Field(50, description="page size asked for")
+    offset: int = Field(0, description="versions skipped, newest first")
+    active_model: ModelInfo | None = None
 
 
 # --- dashboard ----------------------------------------------------------------------------

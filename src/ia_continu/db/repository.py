@@ -409,6 +409,20 @@ def list_models(engine: Engine) -> list[ModelRecord]:
     return [_model_record(r) for r in rows]
 
 
+def list_models_page(
+    engine: Engine, *, limit: int, offset: int = 0
+) -> tuple[list[ModelRecord], int]:
+    """One page of model versions, newest first (highest id), and how many there are."""
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(sa.select(models).order_by(models.c.id.desc()).limit(limit).offset(offset))
+            .mappings()
+            .all()
+        )
+        total = int(conn.execute(sa.select(sa.func.count()).select_from(models)).scalar_one())
+    return [_model_record(r) for r in rows], total
+
+
 def _model_values(record: ModelRecord) -> dict[str, Any]:
     return {
         "version": record.version,
@@ -785,7 +799,14 @@ def insert_predictions(engine: Engine, rows: Sequence[PredictionRow]) -> int:
                     for us, x1, x2, pred, conf, version in rows
                 ],
             )
+        _add_to_rollup(conn, rows)  # same transaction: the summary never disagrees
     return len(rows)
+
+
+def _add_to_rollup(conn: Connection, rows: Sequence[PredictionRow]) -> None:
+    from ia_continu.db.rollup import add_to_rollup
+
+    add_to_rollup(conn, rows)
 
 
 def count_predictions(engine: Engine, *, since: datetime | None = None) -> int:
@@ -885,7 +906,7 @@ def summarize_predictions(engine: Engine, *, since: datetime) -> PredictionSumma
 
 
 def count_predictions_by_bucket(
-    engine: Engine, *, since: datetime, bucket_seconds: int
+    engine: Engine, *, since: datetime, bucket_seconds: int, until: datetime | None = None
 ) -> list[PredictionBucket]:
     """Predictions per class in fixed time buckets (aligned on multiples of
     ``bucket_seconds`` since the epoch) and model version, oldest first. Buckets
@@ -909,7 +930,10 @@ def count_predictions_by_bucket(
     class_1 = sa.func.sum(sa.case((p.prediction == 1, 1), else_=0))
     stmt = (
         sa.select(bucket, p.model_version, sa.func.count(), class_1)
-        .where(p.created_at >= _utc(since))
+        .where(
+            p.created_at >= _utc(since),
+            sa.true() if until is None else p.created_at < _utc(until),
+        )
         .group_by(bucket, p.model_version)
         .order_by(bucket, p.model_version)
     )

@@ -78,6 +78,21 @@ predictions = sa.Table(
     sa.Index("ux_predictions_prediction_id", "prediction_id", unique=True),
 )
 
+# Per-minute summary of `predictions`, kept by the writer in the same transaction
+# (db/rollup.py): /predictions/stats and /timeseries read it instead of the rows.
+prediction_rollup = sa.Table(
+    "prediction_rollup",
+    metadata,
+    sa.Column("minute", sa.BigInteger, primary_key=True),  # epoch seconds, multiple of 60
+    sa.Column("model_version", sa.String(32), primary_key=True),
+    sa.Column("prediction", sa.Integer, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("confidence_sum", sa.Float, nullable=False),
+    # Sums of the features times 2**-64: never overflow (see db/rollup.py).
+    sa.Column("feature1_sum", sa.Float, nullable=False),
+    sa.Column("feature2_sum", sa.Float, nullable=False),
+)
+
 # Ground truth posted back for a served prediction (POST /feedback). No foreign key:
 # feedback may arrive before its prediction is flushed, and unmatched ids are orphans.
 feedback = sa.Table(

@@ -7,11 +7,11 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from ia_continu.api.body import body_openapi, parse_body
 from ia_continu.api.deps import get_state
@@ -220,15 +220,32 @@ def evaluate(
     )
 
 
-@router.get("/models", response_model=ModelsResponse, tags=["model"], responses={503: _E})
-def list_models(state: AppState = Depends(get_state)) -> ModelsResponse:
-    """Every trained version with its held-out metrics; ``is_active`` marks the champion."""
+MODELS_PAGE_DEFAULT = 50
+MODELS_PAGE_MAX = 500
+
+
+@router.get("/models", response_model=ModelsResponse, tags=["model"], responses={422: _E, 503: _E})
+def list_models(
+    limit: Annotated[
+        int, Query(ge=1, le=MODELS_PAGE_MAX, description="versions per page (newest first)")
+    ] = MODELS_PAGE_DEFAULT,
+    offset: Annotated[int, Query(ge=0, description="versions to skip, newest first")] = 0,
+    state: AppState = Depends(get_state),
+) -> ModelsResponse:
+    """Trained versions with their held-out metrics, newest first, one page at a time
+    (``total`` counts them all); ``is_active`` marks the champion, and ``active_version``
+    / ``active_model`` give it whatever page it is on."""
     from dataclasses import asdict
 
     from ia_continu.db import repository as repo
 
-    records = repo.list_models(state.engine)
-    active = next((r.version for r in records if r.is_active), None)
+    records, total = repo.list_models_page(state.engine, limit=limit, offset=offset)
+    active = next((r for r in records if r.is_active), None) or repo.get_active_model(state.engine)
     return ModelsResponse(
-        models=[ModelInfo.model_validate(asdict(r)) for r in records], active_version=active
+        models=[ModelInfo.model_validate(asdict(r)) for r in records],
+        active_version=active.version if active else None,
+        total=total,
+        limit=limit,
+        offset=offset,
+        active_model=ModelInfo.model_validate(asdict(active)) if active else None,
     )

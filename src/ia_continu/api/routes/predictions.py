@@ -20,7 +20,7 @@ from ia_continu.api.schemas import (
     PredictionTimeseriesResponse,
 )
 from ia_continu.api.state import AppState
-from ia_continu.db import repository as repo
+from ia_continu.db import rollup
 
 router = APIRouter(prefix="/predictions", tags=["monitoring"])
 
@@ -52,7 +52,7 @@ async def prediction_stats(
     process's logging counters."""
     await _write_queued(state)
     summary = await asyncio.to_thread(
-        repo.summarize_predictions, state.engine, since=_since(minutes)
+        rollup.summarize_predictions, state.engine, since=_since(minutes)
     )
     counters = state.predlog.counters() if state.predlog is not None else None
     return PredictionStatsResponse(
@@ -107,7 +107,7 @@ async def prediction_timeseries(
         )
     await _write_queued(state)
     buckets = await asyncio.to_thread(
-        repo.count_predictions_by_bucket,
+        rollup.count_predictions_by_bucket,
         state.engine,
         since=_since(minutes),
         bucket_seconds=bucket_seconds,

@@ -7,6 +7,7 @@
   const KEY_STORAGE = "ia-continu:api-key";
   const HISTORY_LIMIT = 200;
   const RUN_ROWS = 20;
+  const MODELS_SHOWN = 50; // versions listed (GET /models pages; total says how many exist)
   const HIST_BINS = 30;
   const C = {
     blue: "#0072B2",
@@ -621,6 +622,31 @@
     return { minutes, bucket };
   }
 
+  /* Bucket rows -> the rows of a stepped line: a stepped series draws from one point to
+   * the next, so one bucket alone drew nothing (201 predictions within one minute, empty
+   * chart). Every bucket of the window is present (0 without traffic: the line drops
+   * instead of holding the last value across a gap) and a closing row ends the last one. */
+  function trafficSteps(byT, versions, bucket, from, to) {
+    if (!byT.size) return [];
+    const zero = (x) => {
+      const row = { x, c0: 0, c1: 0 };
+      for (const v of versions) row["v:" + v] = 0;
+      return row;
+    };
+    const times = Array.from(byT.keys()).sort((a, b) => a - b);
+    const first = Math.min(times[0], Math.floor(from / bucket) * bucket);
+    const last = Math.max(times[times.length - 1], Math.floor(to / bucket) * bucket);
+    const rows = [];
+    if ((last - first) / bucket <= 20000) {
+      for (let t = first; t <= last; t += bucket) rows.push(Object.assign(zero(t), byT.get(t) || {}));
+    } else {
+      for (const t of times) rows.push(Object.assign(zero(t), byT.get(t)));
+    }
+    const end = Object.assign({}, rows[rows.length - 1], { x: rows[rows.length - 1].x + bucket });
+    rows.push(end);
+    return rows;
+  }
+
   function renderTrafficChart() {
     const { minutes, bucket } = trafficWindow();
     const points = (state.traffic && state.traffic.points) || [];
@@ -646,9 +672,9 @@
       perVersion.set(v, (perVersion.get(v) || 0) + c0 + c1);
     }
     versions.sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
-    const rows = Array.from(byT.values());
-    const data = toColumns(rows, ["c0", "c1", ...versions.map((v) => "v:" + v)], null);
     const now = Date.now() / 1000;
+    const rows = trafficSteps(byT, versions, bucket, now - minutes * 60, now);
+    const data = toColumns(rows, ["c0", "c1", ...versions.map((v) => "v:" + v)], null);
     const peak = Math.max(1, ...data.slice(1).flat().filter(isNum));
     let note = null;
     if (state.trafficUnavailable) note = "Prediction logging is not available on this API (no GET /predictions/timeseries).";
@@ -787,7 +813,7 @@
       status.append(el("span", { class: "sub", text: "v" + state.health.version }));
     }
     const models = (state.models && state.models.models) || [];
-    const active = models.find((m) => m.is_active);
+    const active = (state.models && state.models.active_model) || models.find((m) => m.is_active);
     $("kpi-champion").replaceChildren(active ? active.version : el("span", { class: "sub", text: "none yet" }));
     const accuracy = $("kpi-accuracy");
     accuracy.replaceChildren(active ? fmt(active.accuracy) : "—");
@@ -839,8 +865,11 @@
         );
       })
     );
-    $("models-empty").hidden = models.length > 0 && !state.modelsError;
+    const total = state.models && isNum(state.models.total) ? state.models.total : models.length;
+    const paged = total > models.length && !state.modelsError;
+    $("models-empty").hidden = models.length > 0 && !state.modelsError && !paged;
     if (state.modelsError) $("models-empty").textContent = "Models could not be read: " + state.modelsError;
+    else if (paged) $("models-empty").textContent = "The " + models.length + " newest of " + total + " versions (GET /models?limit=&offset= pages through them all).";
     else $("models-empty").textContent = "No model yet: generate a dataset, then retrain.";
   }
 
@@ -907,7 +936,9 @@
 
   async function loadModels() {
     try {
-      state.models = await getJSON("/models");
+      // One page, newest first (GET /models is paged: limit <= 500); the champion comes
+      // whole in active_model even when it is older than the page.
+      state.models = await getJSON("/models?limit=" + MODELS_SHOWN);
       state.modelsError = null;
     } catch (error) {
       state.modelsError = error.detail || error.message;

@@ -1,0 +1,119 @@
+"""The per-minute rollup (db/rollup.py) answers exactly what the raw rows say, on SQLite
+and PostgreSQL: /predictions/stats and /timeseries read it instead of scanning the log."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ia_continu.db import repository as repo
+from ia_continu.db import rollup
+
+BOTH = pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Any]:
+    from ia_continu.db.engine import create_db_engine
+    from ia_continu.db.migrate import upgrade_database
+
+    engine = create_db_engine(database_url)
+    upgrade_database(engine)
+    yield engine
+    engine.dispose()
+
+
+def _rows(n: int, *, seed: int, span: timedelta) -> list[repo.PredictionRow]:
+    rng = random.Random(seed)
+    start_us = int((NOW - span).timestamp() * 1_000_000)
+    width = int(span.total_seconds() * 1_000_000)
+    rows = []
+    for _ in range(n):
+        pred = rng.randint(0, 1)
+        rows.append(
+            (
+                start_us + rng.randrange(width),
+                rng.uniform(-3, 3),
+                rng.uniform(-3, 3),
+                pred,
+                rng.uniform(0.5, 1.0),
+                rng.choice(["v1", "v2", "v10"]),
+            )
+        )
+    return rows
+
+
+def _assert_same_summary(db: Any, since: datetime) -> None:
+    fast = rollup.summarize_predictions(db, since=since)
+    slow = repo.summarize_predictions(db, since=since)
+    assert (fast.count, fast.class_0, fast.class_1) == (slow.count, slow.class_0, slow.class_1)
+    for got, want in (
+        (fast.feature1_mean, slow.feature1_mean),
+        (fast.feature2_mean, slow.feature2_mean),
+    ):
+        assert got == (None if want is None else pytest.approx(want, rel=1e-9, abs=1e-12))
+    assert set(fast.by_model_version) == set(slow.by_model_version)
+    for version, traffic in slow.by_model_version.items():
+        got = fast.by_model_version[version]
+        assert (got.count, got.class_0, got.class_1) == (
+            traffic.count,
+            traffic.class_0,
+            traffic.class_1,
+        )
+        assert got.mean_confidence == pytest.approx(traffic.mean_confidence, rel=1e-9)
+
+
+@BOTH
+def test_rollup_stats_and_buckets_equal_those_of_the_raw_rows(db: Any) -> None:
+    rows = _rows(3000, seed=3, span=timedelta(hours=3))
+    # In several batches, as the API's writer flushes them (minutes shared across batches).
+    for i in range(0, len(rows), 700):
+        repo.insert_predictions(db, rows[i : i + 700])
+    assert rollup.summarize_predictions(db, since=NOW - timedelta(days=1)).count == 3000
+    for since in (
+        NOW - timedelta(minutes=60),  # on a whole second
+        NOW - timedelta(minutes=37, seconds=12.345678),  # inside a minute
+        NOW - timedelta(hours=2, microseconds=1),
+        NOW - timedelta(days=7),
+        NOW + timedelta(minutes=1),  # empty
+    ):
+        _assert_same_summary(db, since)
+        for width in (60, 300, 3600, 45, 7):
+            fast = rollup.count_predictions_by_bucket(db, since=since, bucket_seconds=width)
+            slow = repo.count_predictions_by_bucket(db, since=since, bucket_seconds=width)
+            assert fast == slow, (since, width)
+
+
+@BOTH
+def test_rollup_keeps_means_finite_for_features_near_float_max(db: Any) -> None:
+    now_us = int(NOW.timestamp() * 1_000_000)
+    repo.insert_predictions(
+        db,
+        [
+            (now_us - 3_000_000, 1.7e308, 1.0, 1, 1.0, "v1"),
+            (now_us - 2_000_000, 1.7e308, 3.0, 1, 1.0, "v1"),
+            (now_us - 1_000_000, -1.0e308, 5.0, 0, 1.0, "v1"),
+        ],
+    )
+    for since in (NOW - timedelta(minutes=5), NOW - timedelta(seconds=90.5)):
+        summary = rollup.summarize_predictions(db, since=since)
+        assert summary.count == 3
+        expected = 1.7e308 / 3 + 1.7e308 / 3 - 1.0e308 / 3
+        assert summary.feature1_mean == pytest.approx(expected)
+        assert summary.feature2_mean == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_rollup_forgets_minutes_older_than_the_longest_window(db: Any) -> None:
+    old = int((NOW - timedelta(days=10)).timestamp() * 1_000_000)
+    repo.insert_predictions(db, [(old, 0.0, 0.0, 0, 0.9, "v1")])
+    repo.insert_predictions(db, [(int(NOW.timestamp() * 1_000_000), 0.0, 0.0, 1, 0.9, "v1")])
+    with db.connect() as conn:
+        minutes = conn.execute(sa.text("SELECT minute FROM prediction_rollup")).scalars().all()
+    assert minutes == [int(NOW.timestamp()) // 60 * 60]
