@@ -38,6 +38,11 @@ COPY src ./src
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable --compile-bytecode
 
+# The test suites that wheels ship (scikit-learn, SciPy, NumPy, pandas, ...): no service
+# imports them. MLflow is left whole (its `tests` directory holds assistant skill files).
+RUN find /app/.venv/lib -type d -name tests -not -path '*/site-packages/mlflow/*' -prune \
+        -exec rm -rf {} +
+
 # ---------------------------------------------------------------------------------------
 # runtime: the virtual environment and a non-root user, nothing else
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-fast lint format typecheck bench bench-smoke soak clean
+.PHONY: help install run test test-fast lint format typecheck bench bench-smoke soak clean image image-test
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -50,3 +50,9 @@ bench: install ## the benchmark suite (~6 min): one table, JSON in bench/results
 
 bench-smoke: install ## every benchmark section with tiny sizes (keeps the bench working)
 	$(VENV)/bin/python -m bench --smoke
+
+image: ## build the image ia-continu:2.0.0 (docker, else podman; stand-in base when no registry)
+	deploy/build-image.sh
+
+image-test: install ## build the image, then run the API, MLflow and Prefect in containers (tests)
+	$(VENV)/bin/python -m pytest tests/integration/test_containers.py $(PYTEST_ARGS)
