@@ -144,7 +144,7 @@ def bench_feedback_10k(work: Path, reps: int) -> dict[str, Any]:
     server = _start("feedback", data, work / "logs", ROOT / "src")
     try:
         rng = random.Random(3)
-        times = []
+        times, batch_times = [], []
         for _ in range(reps + 1):
             rows = [[rng.uniform(-3, 3), rng.uniform(-3, 3)] for _ in range(10_000)]
             answer = time_requests(
@@ -155,13 +155,20 @@ def bench_feedback_10k(work: Path, reps: int) -> dict[str, Any]:
                 warmup=0,
             )
             ids = orjson.loads(answer.last_body)["prediction_ids"]
+            batch_times.append(answer.median_ms)
             body = orjson.dumps(
                 {"items": [{"prediction_id": i, "label": rng.randint(0, 1)} for i in ids]}
             )
             timed = time_requests(server.port, "/feedback", body=body, n=1, warmup=0)
             assert orjson.loads(timed.last_body)["created"] == 10_000, timed.last_body
             times.append(timed.median_ms)
-        return {"ms_per_request": statistics.median(times[1:]), "all_ms": times}
+        # /predict/batch with 10,000 rows (goal <= 20 ms in bench/run.py) as the yardstick
+        # of the machine's speed at that moment.
+        return {
+            "ms_per_request": statistics.median(times[1:]),
+            "all_ms": times,
+            "predict_batch_10k_ms": statistics.median(batch_times[1:]),
+        }
     finally:
         server.stop()
 
@@ -300,7 +307,8 @@ def bench_feedback(
         table.add(
             "feedback",
             "POST /feedback 10,000 items (round trip)",
-            f"{fb['ms_per_request']:.1f} ms",
+            f"{fb['ms_per_request']:.1f} ms (/predict/batch 10,000 rows: "
+            f"{fb['predict_batch_10k_ms']:.1f} ms)",
             "<= 100 ms",
             fb["ms_per_request"] <= 100,
         )
