@@ -337,6 +337,8 @@ def test_performance_window_and_params_are_validated(
         ({"until": "yesterday"}, "until"),
         ({"version": "v" * 33}, "version"),
         ({"version": ""}, "version"),
+        ({"version": "v\x00"}, "version"),  # PostgreSQL refuses NUL: a 422, not a 503
+        ({"until": "0001-01-01T00:00:00"}, "until"),  # 7 days earlier does not exist
     ]
     for params, field in cases:
         r = client.get("/predictions/performance", params=params)

@@ -185,12 +185,27 @@ def read_performance(
         .where(window)
         .group_by(p.model_version, p.shadow_version)
     )
-    labelled_stmt = (
+    # Confusion counts grouped in SQL (a handful of rows back); only the delays come back
+    # row by row, as one float column, for the exact percentiles.
+    labelled_from = feedback.join(predictions, p.prediction_id == f.prediction_id)
+    counts_stmt = (
         sa.select(
-            p.model_version, p.prediction, p.shadow_version, p.shadow_prediction, f.label, delay
+            p.model_version,
+            p.prediction,
+            p.shadow_version,
+            p.shadow_prediction,
+            f.label,
+            sa.func.count(),
         )
-        .select_from(feedback.join(predictions, p.prediction_id == f.prediction_id))
+        .select_from(labelled_from)
         .where(window)
+        .group_by(p.model_version, p.prediction, p.shadow_version, p.shadow_prediction, f.label)
+    )
+    delays_stmt = (
+        sa.select(p.model_version, delay)
+        .select_from(labelled_from)
+        .where(window)
+        .order_by(p.model_version)
     )
     orphan_stmt = (
         sa.select(sa.func.count())
@@ -205,28 +220,27 @@ def read_performance(
             by_version.setdefault(model_version, VersionPerformanceRecord()).served += int(n)
             if shadow_version is not None:
                 by_shadow.setdefault(shadow_version, ShadowPerformanceRecord()).scored += int(n)
-        labelled = conn.execute(labelled_stmt).all()
+        for version_, predicted, shadow_version, shadow_predicted, label, n in conn.execute(
+            counts_stmt
+        ):
+            n = int(n)
+            record = by_version.setdefault(version_, VersionPerformanceRecord())
+            record.confusion.add(predicted, label, n)
+            if shadow_version is not None and shadow_predicted is not None:
+                shadow = by_shadow.setdefault(shadow_version, ShadowPerformanceRecord())
+                shadow.shadow.add(shadow_predicted, label, n)
+                shadow.champion.add(predicted, label, n)
+        delay_rows = conn.execute(delays_stmt).all()
         orphans = int(conn.execute(orphan_stmt).scalar_one()) if version is None else 0
-    _aggregate_labelled(labelled, by_version, by_shadow)
+    if delay_rows:
+        names = [r[0] for r in delay_rows]
+        values = np.fromiter((float(r[1]) for r in delay_rows), np.float64, len(delay_rows))
+        start = 0
+        for end in range(1, len(names) + 1):  # rows come sorted by version
+            if end == len(names) or names[end] != names[start]:
+                by_version[names[start]].delays = values[start:end]
+                start = end
     return PerformanceRecord(by_version=by_version, by_shadow=by_shadow, orphans=orphans)
-
-
-def _aggregate_labelled(
-    rows: Sequence[Any],
-    by_version: dict[str, VersionPerformanceRecord],
-    by_shadow: dict[str, ShadowPerformanceRecord],
-) -> None:
-    delays: dict[str, list[float]] = {}
-    for model_version, predicted, shadow_version, shadow_predicted, label, delay in rows:
-        record = by_version.setdefault(model_version, VersionPerformanceRecord())
-        record.confusion.add(predicted, label, 1)
-        delays.setdefault(model_version, []).append(float(delay))
-        if shadow_version is not None and shadow_predicted is not None:
-            shadow = by_shadow.setdefault(shadow_version, ShadowPerformanceRecord())
-            shadow.shadow.add(shadow_predicted, label, 1)
-            shadow.champion.add(predicted, label, 1)
-    for model_version, values in delays.items():
-        by_version[model_version].delays = np.asarray(values, dtype=np.float64)
 
 
 def _as_utc(value: datetime) -> datetime:

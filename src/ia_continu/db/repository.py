@@ -770,8 +770,7 @@ def insert_predictions(
     if not rows:
         return 0
     full: Sequence[FullPredictionRow] = [
-        r if len(r) == 10 else (*r, *_NO_ID_NO_SHADOW)
-        for r in rows
+        r if len(r) == 10 else (*r, *_NO_ID_NO_SHADOW) for r in rows
     ]
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         dialect = conn.dialect.name

@@ -123,8 +123,15 @@ def resolve_window(
     def utc(value: datetime) -> datetime:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    end = utc(until) if until is not None else now
-    start = utc(since) if since is not None else end - DEFAULT_WINDOW
+    try:
+        end = utc(until) if until is not None else now
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC equivalent
+        raise _invalid_query("until", "out of range", until) from None
+    try:
+        start = utc(since) if since is not None else end - DEFAULT_WINDOW
+    except OverflowError:  # until = year 1: 7 days earlier does not exist
+        field = "since" if since is not None else "until"
+        raise _invalid_query(field, "out of range", since or until) from None
     if start >= end:
         raise _invalid_query("since", "since must be earlier than until", since)
     if end - start > MAX_WINDOW:
@@ -143,7 +150,9 @@ async def predictions_performance(
     since: Annotated[datetime | None, Query(description="ISO 8601; default until - 7 days")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601; default now")] = None,
     version: Annotated[
-        str | None, Query(min_length=1, max_length=32, description="one model version")
+        str | None,
+        # No NUL: PostgreSQL refuses it in a text parameter (a 503 instead of a 422).
+        Query(min_length=1, max_length=32, pattern=r"^[^\x00]+$", description="one model version"),
     ] = None,
     state: AppState = Depends(get_state),
 ) -> PerformanceResponse:
