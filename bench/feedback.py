@@ -86,18 +86,22 @@ def bench_predict_ab(
 ) -> dict[str, Any]:
     if wrk is None:
         return {"skipped": "wrk unavailable"}
-    base = subprocess.run(
-        ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"],
+    # The baseline: where this branch left main (main itself once merged). No git
+    # checkout (an installed copy, an image): nothing to compare with, said so.
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True
+    )
+    base = found.stdout.strip()
+    tree = work / "baseline-tree"
+    if found.returncode != 0 or not base:
+        return {"skipped": f"no git merge base with main: {found.stderr.strip()[:200]}"}
+    added = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), base],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout.strip()
-    tree = work / "baseline-tree"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), base],
-        check=True,
-        capture_output=True,
     )
+    if added.returncode != 0:
+        return {"skipped": f"git worktree add failed: {added.stderr.strip()[:200]}"}
     servers: list[Server] = []
     try:
         for name, src in (("new", ROOT / "src"), ("base", tree / "src")):
@@ -291,7 +295,9 @@ def bench_feedback(
         ab = out["predict_ab"] = bench_predict_ab(
             wrk, work, rounds=1 if smoke else 6, seconds=1 if smoke else 5
         )
-        if "ratio_median" in ab:
+        if "skipped" in ab:
+            table.add("feedback", "/predict with ids ÷ previous main", f"skipped: {ab['skipped']}")
+        else:
             table.add(
                 "feedback",
                 f"/predict with ids ÷ previous main ({ab['baseline_commit'][:7]}), c=8",
