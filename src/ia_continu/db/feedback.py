@@ -185,34 +185,27 @@ def read_performance(
         .where(window)
         .group_by(p.model_version, p.shadow_version)
     )
-    # Confusion counts grouped in SQL (a handful of rows back); only the delays come back
-    # row by row, as one float column, for the exact percentiles.
-    labelled_from = feedback.join(predictions, p.prediction_id == f.prediction_id)
-    counts_stmt = (
+    # One pass driving from the labels (fewer than the predictions): labels received since
+    # ``since`` (a label cannot arrive before its prediction was made), each with its
+    # prediction when one is logged. Labelled rows, their delays and the orphans all come
+    # from it; the grouping is done with numpy.
+    pass_stmt = (
         sa.select(
             p.model_version,
             p.prediction,
             p.shadow_version,
             p.shadow_prediction,
             f.label,
-            sa.func.count(),
+            delay,
+            p.created_at.is_(None),
+            sa.and_(p.created_at >= since_, p.created_at < until_),
+            f.received_at < until_,
         )
-        .select_from(labelled_from)
-        .where(window)
-        .group_by(p.model_version, p.prediction, p.shadow_version, p.shadow_prediction, f.label)
+        .select_from(feedback.outerjoin(predictions, p.prediction_id == f.prediction_id))
+        .where(f.received_at >= since_)
     )
-    delays_stmt = (
-        sa.select(p.model_version, delay)
-        .select_from(labelled_from)
-        .where(window)
-        .order_by(p.model_version)
-    )
-    orphan_stmt = (
-        sa.select(sa.func.count())
-        .select_from(feedback)
-        .where(f.received_at >= since_, f.received_at < until_)
-        .where(~sa.exists().where(p.prediction_id == f.prediction_id))
-    )
+    if version is not None:
+        pass_stmt = pass_stmt.where(p.model_version == version)
     by_version: dict[str, VersionPerformanceRecord] = {}
     by_shadow: dict[str, ShadowPerformanceRecord] = {}
     with engine.connect() as conn:
@@ -220,27 +213,52 @@ def read_performance(
             by_version.setdefault(model_version, VersionPerformanceRecord()).served += int(n)
             if shadow_version is not None:
                 by_shadow.setdefault(shadow_version, ShadowPerformanceRecord()).scored += int(n)
-        for version_, predicted, shadow_version, shadow_predicted, label, n in conn.execute(
-            counts_stmt
-        ):
-            n = int(n)
-            record = by_version.setdefault(version_, VersionPerformanceRecord())
-            record.confusion.add(predicted, label, n)
-            if shadow_version is not None and shadow_predicted is not None:
-                shadow = by_shadow.setdefault(shadow_version, ShadowPerformanceRecord())
-                shadow.shadow.add(shadow_predicted, label, n)
-                shadow.champion.add(predicted, label, n)
-        delay_rows = conn.execute(delays_stmt).all()
-        orphans = int(conn.execute(orphan_stmt).scalar_one()) if version is None else 0
-    if delay_rows:
-        names = [r[0] for r in delay_rows]
-        values = np.fromiter((float(r[1]) for r in delay_rows), np.float64, len(delay_rows))
-        start = 0
-        for end in range(1, len(names) + 1):  # rows come sorted by version
-            if end == len(names) or names[end] != names[start]:
-                by_version[names[start]].delays = values[start:end]
-                start = end
-    return PerformanceRecord(by_version=by_version, by_shadow=by_shadow, orphans=orphans)
+        rows = conn.execute(pass_stmt).all()
+    orphans = 0
+    labelled: list[Any] = []
+    for row in rows:
+        if row[6]:  # no prediction carries this id
+            orphans += 1 if row[8] else 0
+        elif row[7]:  # its prediction was made in the window
+            labelled.append(row)
+    _aggregate_labelled(labelled, by_version, by_shadow)
+    return PerformanceRecord(
+        by_version=by_version, by_shadow=by_shadow, orphans=0 if version is not None else orphans
+    )
+
+
+def _aggregate_labelled(
+    rows: Sequence[Any],
+    by_version: dict[str, VersionPerformanceRecord],
+    by_shadow: dict[str, ShadowPerformanceRecord],
+) -> None:
+    """Confusion counts per served version and per shadow version (with the champion on
+    the same rows), and the delays per served version, from the joined rows."""
+    if not rows:
+        return
+    versions = [r[0] for r in rows]
+    shadows = [r[2] for r in rows]
+    predicted = np.fromiter((r[1] for r in rows), np.int8, len(rows))
+    shadow_predicted = np.fromiter((-1 if r[3] is None else r[3] for r in rows), np.int8, len(rows))
+    labels = np.fromiter((r[4] for r in rows), np.int8, len(rows))
+    delays = np.fromiter((float(r[5]) for r in rows), np.float64, len(rows))
+    for name in set(versions):
+        mask = np.fromiter((v == name for v in versions), bool, len(rows))
+        record = by_version.setdefault(name, VersionPerformanceRecord())
+        _add_confusion(record.confusion, predicted[mask], labels[mask])
+        record.delays = delays[mask]
+    for name in set(shadows) - {None}:
+        mask = np.fromiter((s == name for s in shadows), bool, len(rows)) & (shadow_predicted >= 0)
+        shadow = by_shadow.setdefault(name, ShadowPerformanceRecord())
+        _add_confusion(shadow.shadow, shadow_predicted[mask], labels[mask])
+        _add_confusion(shadow.champion, predicted[mask], labels[mask])
+
+
+def _add_confusion(confusion: Confusion, predicted: Any, labels: Any) -> None:
+    for p_, y_ in ((1, 1), (1, 0), (0, 1), (0, 0)):
+        n = int(np.count_nonzero((predicted == p_) & (labels == y_)))
+        if n:
+            confusion.add(p_, y_, n)
 
 
 def _as_utc(value: datetime) -> datetime:
