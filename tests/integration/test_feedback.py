@@ -338,7 +338,10 @@ def test_performance_window_and_params_are_validated(
         ({"version": "v" * 33}, "version"),
         ({"version": ""}, "version"),
         ({"version": "v\x00"}, "version"),  # PostgreSQL refuses NUL: a 422, not a 503
-        ({"until": "0001-01-01T00:00:00"}, "until"),  # 7 days earlier does not exist
+        ({"until": "0001-01-01T00:00:00Z"}, "until"),  # 7 days earlier does not exist
+        ({"until": "0.5"}, "until"),  # not a Unix time
+        ({"since": "2026-01-01"}, "since"),  # not a date alone
+        ({"since": "2026-01-01T00:00:00"}, "since"),  # a zone is needed
     ]
     for params, field in cases:
         r = client.get("/predictions/performance", params=params)

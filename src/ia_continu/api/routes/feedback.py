@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from ia_continu.api.body import parse_body
 from ia_continu.api.deps import get_state
@@ -32,6 +35,21 @@ router = APIRouter(tags=["feedback"])
 _E = {"model": ErrorResponse}
 
 DEFAULT_WINDOW = timedelta(days=7)
+# RFC 3339 date-time, as the OpenAPI format says: pydantic alone would also take "0.5" (a
+# Unix time) or "2026-01-01" (a date); a time without an offset is ambiguous.
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _require_rfc3339(value: object) -> object:
+    if isinstance(value, str) and not _DATE_TIME.match(value):
+        raise PydanticCustomError(
+            "datetime_format",
+            "Input should be an RFC 3339 date-time with a time zone, e.g. 2026-01-15T10:30:00Z",
+        )
+    return value
+
+
+DateTimeQuery = Annotated[datetime, BeforeValidator(_require_rfc3339)]
 MAX_WINDOW = timedelta(days=90)
 
 
@@ -118,7 +136,7 @@ def resolve_window(
     since: datetime | None, until: datetime | None, now: datetime
 ) -> tuple[datetime, datetime]:
     """[since, until) in UTC: default the last 7 days, at most 90 days (422 naming the
-    field otherwise). A time without a zone is UTC."""
+    field otherwise). A time without a zone (only from Python callers) is UTC."""
 
     def utc(value: datetime) -> datetime:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
