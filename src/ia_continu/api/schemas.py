@@ -266,6 +266,10 @@ class MonitoringRun(BaseModel):
     mlflow_run_id: str | None
     flow_run_id: str | None
     error: str | None
+    data_source: Literal["generated", "feedback", "upload"] | None = Field(
+        None, description="where the run's labelled rows came from; null: no fresh data"
+    )
+    labelled_samples: int | None = Field(None, description="labelled rows the run used")
 
 
 class MonitoringHistory(BaseModel):
