@@ -24,9 +24,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("shadow_version", sa.String(32), nullable=True))
         batch.add_column(sa.Column("shadow_prediction", sa.Integer, nullable=True))
         batch.add_column(sa.Column("shadow_confidence", sa.Float, nullable=True))
-    op.create_index(
-        "ux_predictions_prediction_id", "predictions", ["prediction_id"], unique=True
-    )
+    op.create_index("ux_predictions_prediction_id", "predictions", ["prediction_id"], unique=True)
     # Ground truth posted back for a served prediction. No foreign key on purpose: feedback
     # may arrive before its prediction is flushed from the API's in-memory log (joined at
     # read time), and an id that never matches stays an orphan instead of an error.
