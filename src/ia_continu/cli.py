@@ -443,6 +443,12 @@ def _run_table(run: object, *, mlflow_url: str | None) -> object:
         f"generation {fmt(data['generation_id'])}, hour {fmt(data['hour_generated'])}, "
         f"{fmt(data['batch_samples'])} rows",
     )
+    table.add_row(
+        "labelled data",
+        "none (no fresh data)"
+        if not data.get("data_source")
+        else f"{data['data_source']}, {fmt(data.get('labelled_samples'))} rows",
+    )
     table.add_row("champion held-out accuracy", fmt(data["reference_accuracy"]))
     table.add_row(
         "champion on batch",
