@@ -5,7 +5,7 @@ Every rejected value is reported with its row and column: ``row`` counts data ro
 1 (the header is not a row), ``line`` is the line of a CSV file (the header is line 1).
 Features must be finite numbers and the target 0 or 1.
 
-CSV is read by pyarrow's C++ reader (~8x faster than Python for 10,000 rows); when it
+CSV is read by pyarrow's C++ reader (4 to 9x faster than Python for 10,000 rows); when it
 refuses the text or a value fails a check, the plain Python parser reads it again to name
 the exact row, line and column. pyarrow is imported only when CSV or Parquet is read.
 """

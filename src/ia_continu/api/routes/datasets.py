@@ -64,7 +64,7 @@ _NUMBER = (float, int)  # not bool: type() is exact
 
 def _fast_json(raw: bytes) -> tuple[Any, int | None] | None:
     """The common valid body as a (n, 3) array, without building 30,000 validated
-    objects (pydantic took ~5x longer for 10,000 rows). None on anything unusual: the
+    objects (pydantic took about 2x as long for 10,000 rows). None on anything unusual: the
     pydantic schema then decides, and names the row and column."""
     import numpy as np
     import orjson
