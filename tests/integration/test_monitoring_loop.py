@@ -293,7 +293,7 @@ def test_flow_run_records_the_source_and_discord_shows_it(
 
     _log_traffic(engine, generate_dataset(300, hour=ODD, seed=61), served=champion)
     with flow_settings(settings.model_copy(update={"api_url": live_server.url})):
-        state = asyncio.run(monitoring_flow(return_state=True))  # type: ignore[call-overload]
+        state = asyncio.run(monitoring_flow(return_state=True))
     assert state.is_completed()
     run = repo.get_latest_monitoring_run(engine)
     assert run is not None and (run.data_source, run.labelled_samples) == ("feedback", 300)
