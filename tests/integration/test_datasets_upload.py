@@ -77,10 +77,13 @@ def test_json_upload_is_stored_as_an_upload_dataset(client: Any) -> None:
 def test_csv_upload_is_stored_the_same_way(client: Any) -> None:
     rows = _rows(150, seed=8)
     r = client.post(
-        "/datasets", content=_csv(rows), headers={"content-type": "text/csv; charset=utf-8"}
+        "/datasets?hour=9",
+        content=_csv(rows),
+        headers={"content-type": "text/csv; charset=utf-8"},
     )
     assert r.status_code == 200, r.text
     assert r.json()["samples_created"] == 150 and r.json()["source"] == "upload"
+    assert r.json()["hour_generated"] == 9
     stored = _stored(client, r.json()["generation_id"])
     np.testing.assert_array_equal(stored.features, np.array(rows)[:, :2])
 

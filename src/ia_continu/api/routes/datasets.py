@@ -19,7 +19,6 @@ from ia_continu.api.schemas import (
     DatasetUploadRequest,
     DatasetUploadResponse,
     ErrorResponse,
-    Hour,
 )
 from ia_continu.api.state import AppState
 from ia_continu.ml.data import MAX_SAMPLES, MIN_SAMPLES
@@ -41,7 +40,10 @@ _COLUMNS = ("feature1", "feature2", "target")
 )
 async def upload_dataset(
     request: Request,
-    hour: Hour | None = Query(None, description="text/csv only: hour the rows were observed"),
+    # A plain int: query values are text, and the body's Hour type refuses strings.
+    hour: int | None = Query(
+        None, ge=0, le=23, description="text/csv only: hour the rows were observed"
+    ),
 ) -> DatasetUploadResponse:
     """Store 100 to 10,000 labelled rows (JSON or CSV) as a dataset with ``source``
     "upload": /retrain trains on it with its ``generation_id``, and the monitoring flow
