@@ -338,8 +338,8 @@ class PredictionTimeseriesResponse(BaseModel):
 
 # --- labelled uploads (POST /datasets) ----------------------------------------------------
 
-# Strict: true, 1.0 and "1" are not labels.
-Target = Annotated[int, Field(ge=0, le=1, strict=True)]
+# Like the other integers: 1 or 1.0 (JSON Schema's integer), never true nor "1".
+Target = Annotated[int, Field(ge=0, le=1), _NotBoolOrStr]
 LabelledRow = tuple[FiniteFloat, FiniteFloat, Target]
 
 

@@ -88,7 +88,7 @@ def _fast_json(raw: bytes) -> tuple[Any, int | None] | None:
             or len(row) != 3
             or type(row[0]) not in _NUMBER
             or type(row[1]) not in _NUMBER
-            or type(row[2]) is not int
+            or type(row[2]) not in _NUMBER
         ):
             return None
     try:
