@@ -44,8 +44,11 @@ CLIENT_GONE_STATUS = 499
 JSON = "application/json"
 DEFAULT_BODY_CONTENT_TYPES: frozenset[str] = frozenset({JSON})
 # Media types accepted in a request body, per path (no trailing slash); every other write
-# takes JSON only. E.g. "/datasets": frozenset({JSON, "text/csv"}).
-BODY_CONTENT_TYPES: dict[str, frozenset[str]] = {}
+# takes JSON only.
+BODY_CONTENT_TYPES: dict[str, frozenset[str]] = {
+    # Labelled uploads come as JSON or as CSV with a feature1,feature2,target header.
+    "/datasets": frozenset({JSON, "text/csv"}),
+}
 
 # Content-Type values accepted without parsing on a JSON-only path (the common case).
 _PLAIN_JSON = frozenset({b"application/json", b"application/json; charset=utf-8"})
@@ -86,7 +89,24 @@ def _is_ip_literal(name: str) -> bool:
     return True
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
+def _nul_query_errors(query: bytes) -> list[dict[str, object]]:
+    """A validation-style detail naming each query parameter that holds a NUL, like
+    FastAPI's own 422s (clients read ``loc``)."""
+    from urllib.parse import parse_qsl
+
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    names = [name for name, value in pairs if "\x00" in name or "\x00" in value]
+    return [
+        {
+            "type": "string_pattern_mismatch",
+            "loc": ["query", name.replace("\x00", "")],
+            "msg": "NUL characters are not allowed",
+        }
+        for name in names or ["query string"]
+    ]
+
+
+async def _answer(send: Send, status: int, detail: str | list[dict[str, object]]) -> None:
     body = orjson.dumps({"detail": detail})
     await send(
         {
@@ -138,7 +158,7 @@ class RequestRulesMiddleware:
             return
         query: bytes = scope.get("query_string", b"")
         if query and (b"%00" in query or b"\x00" in query):
-            await _answer(send, 422, "query string: NUL characters are not allowed")
+            await _answer(send, 422, _nul_query_errors(query))
             return
         host = origin = content_type = None
         has_body = False
