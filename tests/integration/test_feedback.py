@@ -398,7 +398,7 @@ def test_shadow_scores_logged_for_every_prediction_only_when_enabled(
 def test_shadow_rule_follows_the_models_table(
     make_client: Callable[..., TestClient], db: Engine
 ) -> None:
-    from ia_continu.db.feedback import get_shadow_version
+    from ia_continu.db.repository import get_shadow_version
 
     assert get_shadow_version(db) is None  # only the champion
     _store_model(db, SHADOW, active=False)

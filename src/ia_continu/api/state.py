@@ -76,7 +76,7 @@ class AppState:
 
     def refresh_shadow(self) -> None:
         """Hold the shadow model the database designates (db/feedback.py's rule)."""
-        from ia_continu.db.feedback import get_shadow_version
+        from ia_continu.db.repository import get_shadow_version
 
         version = get_shadow_version(self.engine)
         if version is None:

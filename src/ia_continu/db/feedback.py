@@ -22,7 +22,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ia_continu.db.engine import WRITE
-from ia_continu.db.tables import models
 
 # --- feedback ------------------------------------------------------------------------------
 
@@ -263,21 +262,3 @@ def _add_confusion(confusion: Confusion, predicted: Any, labels: Any) -> None:
 
 def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# --- the shadow model ------------------------------------------------------------------------
-
-
-def get_shadow_version(engine: Engine) -> str | None:
-    """The shadow challenger (rule shared with the monitoring flow): the newest models row
-    (highest id) that is not active and was registered after the active one; None when
-    there is no such row or no active model."""
-    active_id = sa.select(models.c.id).where(models.c.is_active).scalar_subquery()
-    stmt = (
-        sa.select(models.c.version)
-        .where(~models.c.is_active, models.c.id > active_id)
-        .order_by(models.c.id.desc())
-        .limit(1)
-    )
-    with engine.connect() as conn:
-        return conn.execute(stmt).scalar_one_or_none()

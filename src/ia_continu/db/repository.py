@@ -1084,26 +1084,30 @@ def collect_labelled_feedback(
     )
 
 
+def _select_shadow(*columns: Any) -> Any:
+    """The shadow rule, in one place (API workers and the monitoring flow): the newest
+    ``models`` row that is not active and was registered after the active one. No active
+    row makes the comparison NULL, so no shadow."""
+    active_id = sa.select(models.c.id).where(models.c.is_active).scalar_subquery()
+    return (
+        sa.select(*columns)
+        .where(sa.not_(models.c.is_active), models.c.id > active_id)
+        .order_by(models.c.id.desc())
+        .limit(1)
+    )
+
+
 def get_shadow_model(engine: Engine) -> ModelRecord | None:
-    """The model served in shadow (agreed rule): the newest ``models`` row that is not
-    active and was registered after the active one; None otherwise."""
+    """The model served in shadow (see ``_select_shadow``); None otherwise."""
     with engine.connect() as conn:
-        active_id = conn.execute(
-            sa.select(models.c.id).where(models.c.is_active)
-        ).scalar_one_or_none()
-        if active_id is None:
-            return None
-        row = (
-            conn.execute(
-                sa.select(models)
-                .where(sa.not_(models.c.is_active), models.c.id > active_id)
-                .order_by(models.c.id.desc())
-                .limit(1)
-            )
-            .mappings()
-            .first()
-        )
+        row = conn.execute(_select_shadow(models)).mappings().first()
     return _model_record(row) if row else None
+
+
+def get_shadow_version(engine: Engine) -> str | None:
+    """The shadow model's version only: what each API worker polls."""
+    with engine.connect() as conn:
+        return conn.execute(_select_shadow(models.c.version)).scalar_one_or_none()
 
 
 @dataclass(frozen=True, slots=True)
