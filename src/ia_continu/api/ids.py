@@ -22,7 +22,7 @@ import time
 ID_LENGTH = 36
 # Canonical 8-4-4-4-12 hexadecimal form; feedback accepts any such id (ours are lowercase).
 ID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_ID_RE = re.compile(ID_PATTERN)
+ID_RE = re.compile(ID_PATTERN)
 _COUNTER_MASK = (1 << 26) - 1
 
 _node = ""
@@ -67,4 +67,4 @@ def new_prediction_ids(n: int, epoch_us: int | None = None) -> list[str]:
 
 
 def is_prediction_id(value: str) -> bool:
-    return len(value) == ID_LENGTH and _ID_RE.match(value) is not None
+    return len(value) == ID_LENGTH and ID_RE.match(value) is not None
