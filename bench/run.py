@@ -534,6 +534,8 @@ def bench_growth(
 
 
 SECTIONS = ("startup", "retrain", "batch", "generate", "predict", "workers2", "cli", "growth")
+# Sections with their own servers (no MLflow), run first; also `python -m bench.feedback`.
+STANDALONE_SECTIONS = ("feedback",)
 
 
 def run(
@@ -550,6 +552,10 @@ def run(
     work = Path(tempfile.mkdtemp(prefix="ia-bench-"))
     servers: list[Server] = []
     try:
+        if want("feedback"):  # ids, /predict A/B vs the merge base, /feedback, performance
+            from bench.feedback import bench_feedback
+
+            results["feedback"] = bench_feedback(table, smoke=plan.smoke, wrk=wrk, work=work)
         mlflow = start_mlflow(directory=work / "mlflow")
         servers.append(mlflow)
         mlflow.wait_ready("/health", timeout=300)
@@ -701,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     only = frozenset(filter(None, args.only.split(",")))
-    if unknown := only - set(SECTIONS):
+    if unknown := only - set(SECTIONS) - set(STANDALONE_SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     run(SMOKE if args.smoke else FULL, args.out, keep=args.keep, only=only)
     return 0

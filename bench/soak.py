@@ -30,10 +30,10 @@ from typing import Any
 
 import httpx
 
-ROUTES = ("/predict", "/generate", "/evaluate", "/retrain")
+ROUTES = ("/predict", "/generate", "/evaluate", "/retrain", "/feedback")
 # Share of the requests each client sends to each route (the rest of the mix is /predict
 # whenever the retrain slots are taken: retrains are slow and would soon hold every client).
-DEFAULT_WEIGHTS = {"/predict": 70, "/generate": 12, "/evaluate": 12, "/retrain": 6}
+DEFAULT_WEIGHTS = {"/predict": 64, "/generate": 12, "/evaluate": 12, "/retrain": 6, "/feedback": 6}
 GENERATE_SIZES = (100, 200, 500, 1000, 2000, 5000, 10_000)
 
 
@@ -48,6 +48,9 @@ class LoadStats:
     generations: list[tuple[int, int]] = field(default_factory=list)  # (id, samples_created)
     served_versions: Counter[str] = field(default_factory=Counter)  # /predict and /evaluate
     trained_versions: list[str] = field(default_factory=list)
+    # prediction_id -> the last label sent for it (each client labels only its own ids,
+    # sequentially: the stored label must be this one).
+    labels: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
 
     @property
@@ -132,6 +135,7 @@ async def run_load(
 
         async def client(rng: random.Random) -> None:
             routes, shares = list(weights), list(weights.values())
+            mine: list[str] = []  # ids of the predictions this client was answered
             while time.monotonic() < deadline:
                 route = rng.choices(routes, shares)[0]
                 if route == "/retrain":
@@ -146,7 +150,20 @@ async def run_load(
                         "/predict", {"features": [rng.gauss(0, 2), rng.gauss(0, 2)]}
                     )
                     if response is not None and response.status_code == 200:
-                        stats.served_versions[response.json()["model_version"]] += 1
+                        answer = response.json()
+                        stats.served_versions[answer["model_version"]] += 1
+                        mine.append(answer["prediction_id"])
+                elif route == "/feedback":
+                    # One label or a few, for ids this client was given (relabelled at
+                    # times: a replacement); an orphan id never, so orphans stay 0.
+                    picked = rng.sample(mine, min(len(mine), rng.randint(1, 20)))
+                    if not picked:
+                        continue
+                    items = [{"prediction_id": i, "label": rng.randint(0, 1)} for i in picked]
+                    one = len(items) == 1
+                    response = await call("/feedback", items[0] if one else {"items": items})
+                    if response is not None and response.status_code == 200:
+                        stats.labels.update((i["prediction_id"], i["label"]) for i in items)
                 elif route == "/generate":
                     body: dict[str, Any] = {"samples": rng.choice(GENERATE_SIZES)}
                     if rng.random() < 0.5:

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     prediction_log_queue_size: int = Field(100_000, ge=1)
     prediction_log_flush_interval: float = Field(0.5, gt=0)
     prediction_log_batch_size: int = Field(5_000, ge=1)
+    # Score the shadow challenger (newest non-active model registered after the champion)
+    # on live traffic beside the champion, in the log's flush thread; never returned.
+    shadow: bool = False
 
     # --- notifications ---------------------------------------------------------------
     discord_webhook_url: SecretStr | None = None

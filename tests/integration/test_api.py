@@ -123,7 +123,7 @@ def test_retrain_then_predict_follows_contract(client: Any) -> None:
     r = client.post("/predict", json={"features": [1.5, 0.3]})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"prediction", "model_version", "confidence", "timestamp"}
+    assert set(body) == {"prediction", "model_version", "confidence", "timestamp", "prediction_id"}
     assert body["prediction"] in (0, 1)
     assert body["model_version"] == "v1"
     assert 0.5 <= body["confidence"] <= 1.0

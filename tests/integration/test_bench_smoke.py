@@ -37,6 +37,7 @@ def test_bench_smoke_runs_every_section(tmp_path: Path) -> None:
         "workers2",
         "cli_generate",
         "growth",
+        "feedback",
     ):
         assert section in results, section
     assert results["startup"]["heavy_modules_at_startup"] == []

@@ -41,9 +41,17 @@ def _too_many_buckets(query: dict[str, Any]) -> bool:
     return minutes * 60 / int(query.get("bucket_seconds", 60)) > 10_080
 
 
+def _performance_window_rule(query: dict[str, Any]) -> bool:
+    # since < until and at most 90 days between them (stated in the description).
+    return "since" in query or "until" in query
+
+
 # Rules OpenAPI cannot express (a relation between two parameters, stated in the
 # operation's description): the only 422s a schema-valid request may get there.
-CROSS_PARAMETER_RULES = {"GET /predictions/timeseries": _too_many_buckets}
+CROSS_PARAMETER_RULES = {
+    "GET /predictions/timeseries": _too_many_buckets,
+    "GET /predictions/performance": _performance_window_rule,
+}
 
 
 @pytest.fixture(

@@ -8,6 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from bench.soak import run_load
@@ -57,6 +58,7 @@ def test_load_mixed_routes_two_workers_keeps_data_consistent(
             "/generate",
             "/evaluate",
             "/retrain",
+            "/feedback",
         }
         # Under load a client error would mean the server misread a valid request.
         assert all(status == 200 for _, status in stats.statuses), stats.statuses
@@ -95,6 +97,18 @@ def test_load_mixed_routes_two_workers_keeps_data_consistent(
             time.sleep(0.2)
         assert count_predictions(database_url) == predicted
         assert logged_versions(database_url) <= set(versions)
+        # Every label posted under load is stored, the last one sent for each id, and all
+        # of them joined to their logged prediction (no orphan).
+        engine = sa.create_engine(database_url)
+        with engine.connect() as conn:
+            stored_labels = dict(
+                conn.execute(sa.text("SELECT prediction_id, label FROM feedback")).all()
+            )
+        engine.dispose()
+        assert stored_labels == stats.labels and stats.labels
+        perf = httpx.get(f"{api.url}/predictions/performance", timeout=30).json()
+        assert perf["orphans"] == 0
+        assert perf["overall"]["labelled"] == len(stats.labels)
         # Keys still checked after the load; /predict open to all.
         assert post(api.url, "/generate", {"samples": 100}).status_code == 401
         assert post(api.url, "/predict", {"features": [0.1, 0.2]}).status_code == 200

@@ -39,7 +39,13 @@ def test_predict_batch_equals_registered_sklearn_model(client: Any, settings: Se
     r = _post_raw(client, orjson.dumps({"instances": rows.tolist()}))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"predictions", "confidences", "model_version", "timestamp"}
+    assert set(body) == {
+        "predictions",
+        "confidences",
+        "model_version",
+        "timestamp",
+        "prediction_ids",
+    }
     assert body["model_version"] == trained["model_version"]
     assert len(body["predictions"]) == len(body["confidences"]) == 10_000
 

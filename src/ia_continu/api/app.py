@@ -114,6 +114,10 @@ def create_app(
     from ia_continu.api.routes import predictions
 
     app.include_router(predictions.router)
+
+    from ia_continu.api.routes import feedback
+
+    app.include_router(feedback.router)
     _install_dashboard(app)
     # Before the operations: inside the key check and the metrics (413s are counted).
     _install_body_limit(app, max_bytes=settings.max_body_bytes)

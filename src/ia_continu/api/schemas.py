@@ -79,6 +79,7 @@ class PredictResponse(BaseModel):
     model_version: str
     confidence: float = Field(ge=0.5, le=1.0)
     timestamp: datetime
+    prediction_id: str = Field(description="send it back with the true label: POST /feedback")
 
 
 MAX_BATCH_ROWS = 10_000
@@ -102,6 +103,7 @@ class BatchPredictResponse(BaseModel):
     confidences: list[float] = Field(description="probability of each predicted class")
     model_version: str
     timestamp: datetime
+    prediction_ids: list[str] = Field(description="one id per row, in order (POST /feedback)")
 
 
 class RetrainRequest(_Strict):

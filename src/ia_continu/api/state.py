@@ -40,6 +40,9 @@ class AppState:
     _swap_lock: threading.Lock = field(default_factory=threading.Lock)
     # None when IA_PREDICTION_LOG_ENABLED=false.
     predlog: PredictionLogger | None = None
+    # The shadow challenger scored beside the champion (IA_SHADOW=true), never returned;
+    # replaced by a single reference assignment like ``model``.
+    shadow: LinearModel | None = None
 
     def serve(self, model: LinearModel) -> None:
         with self._swap_lock:
@@ -65,7 +68,32 @@ class AppState:
         return self.model
 
     def refresh_model(self) -> None:
-        """Serve whatever model the database says is active (blocking: run in a thread)."""
+        """Serve whatever model the database says is active, and follow the shadow
+        challenger when IA_SHADOW=true (blocking: run in a thread)."""
+        self._refresh_active()
+        if self.settings.shadow:
+            self.refresh_shadow()
+
+    def refresh_shadow(self) -> None:
+        """Hold the shadow model the database designates (db/feedback.py's rule)."""
+        from ia_continu.db.feedback import get_shadow_version
+
+        version = get_shadow_version(self.engine)
+        if version is None:
+            if self.shadow is not None:
+                log.info("no shadow model any more (was %s)", self.shadow.version)
+            self.shadow = None
+            return
+        if self.shadow is not None and self.shadow.version == version:
+            return
+        model = load_served_model(
+            engine=self.engine, models_dir=self.settings.models_dir, version=version
+        )
+        if model is not None:
+            log.info("shadow-scoring model %s", model.version)
+        self.shadow = model
+
+    def _refresh_active(self) -> None:
         from ia_continu.db import repository as repo
 
         seen = self._swaps

@@ -697,8 +697,17 @@ def read_metrics_snapshot(engine: Engine) -> MetricsSnapshot:
 # epoch, UTC; feature1, feature2, prediction, confidence, model_version). A plain tuple is
 # the cheapest thing to build on the request path, and it goes to the driver as it is.
 PredictionRow = tuple[int, float, float, int, float, str]
+# The same with the learning-from-production columns: prediction_id, then the shadow
+# challenger's version, class and confidence (None when no shadow scored the row).
+FullPredictionRow = tuple[
+    int, float, float, int, float, str, str | None, str | None, int | None, float | None
+]
+_NO_ID_NO_SHADOW = (None, None, None, None)
 
-_PREDICTION_COLUMNS = "created_at, feature1, feature2, prediction, confidence, model_version"
+_PREDICTION_COLUMNS = (
+    "created_at, feature1, feature2, prediction, confidence, model_version, "
+    "prediction_id, shadow_version, shadow_prediction, shadow_confidence"
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # SQLite: the time text is built by SQLite itself, in exactly the form SQLAlchemy's DateTime
 # writes ("YYYY-MM-DD HH:MM:SS.ffffff"), so range filters written with SQLAlchemy compare
@@ -706,7 +715,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SQLITE_INSERT_PREDICTION = (
     f"INSERT INTO predictions ({_PREDICTION_COLUMNS}) VALUES ("
     "strftime('%Y-%m-%d %H:%M:%S', ?1 / 1000000, 'unixepoch') || '.' || "
-    "substr('00000' || (?1 % 1000000), -6), ?2, ?3, ?4, ?5, ?6)"
+    "substr('00000' || (?1 % 1000000), -6), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
 )
 
 
@@ -752,11 +761,17 @@ class PredictionBucket:
     class_1: int
 
 
-def insert_predictions(engine: Engine, rows: Sequence[PredictionRow]) -> int:
+def insert_predictions(
+    engine: Engine, rows: Sequence[PredictionRow] | Sequence[FullPredictionRow]
+) -> int:
     """Append logged predictions in one transaction: COPY on PostgreSQL, the driver's
-    executemany on SQLite. Blocking: the API calls it from a thread."""
+    executemany on SQLite. Rows are 6-tuples (no id, no shadow) or full 10-tuples.
+    Blocking: the API calls it from a thread."""
     if not rows:
         return 0
+    full: Sequence[FullPredictionRow] = [
+        r if len(r) == 10 else (*r, *_NO_ID_NO_SHADOW) for r in rows
+    ]
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         dialect = conn.dialect.name
         if dialect == "postgresql":
@@ -766,10 +781,10 @@ def insert_predictions(engine: Engine, rows: Sequence[PredictionRow]) -> int:
                 raw.cursor() as cur,
                 cur.copy(f"COPY predictions ({_PREDICTION_COLUMNS}) FROM STDIN") as copy,
             ):
-                for us, x1, x2, pred, conf, version in rows:
-                    copy.write_row((epoch_us_to_datetime(us), x1, x2, pred, conf, version))
+                for us, *rest in full:
+                    copy.write_row((epoch_us_to_datetime(us), *rest))
         elif dialect == "sqlite":
-            conn.exec_driver_sql(_SQLITE_INSERT_PREDICTION, list(rows))
+            conn.exec_driver_sql(_SQLITE_INSERT_PREDICTION, full)
         else:
             conn.execute(
                 predictions.insert(),
@@ -781,8 +796,12 @@ def insert_predictions(engine: Engine, rows: Sequence[PredictionRow]) -> int:
                         "prediction": pred,
                         "confidence": conf,
                         "model_version": version,
+                        "prediction_id": pid,
+                        "shadow_version": sv,
+                        "shadow_prediction": sp,
+                        "shadow_confidence": sc,
                     }
-                    for us, x1, x2, pred, conf, version in rows
+                    for us, x1, x2, pred, conf, version, pid, sv, sp, sc in full
                 ],
             )
     return len(rows)

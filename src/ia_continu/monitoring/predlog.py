@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from ia_continu.config import Settings
-    from ia_continu.db.repository import PredictionRow
+    from ia_continu.db.repository import FullPredictionRow
+    from ia_continu.ml.predictor import LinearModel
+
+# One queued prediction: (epoch_us, feature1, feature2, prediction, confidence,
+# model_version, prediction_id, shadow model or None). The shadow model is the object the
+# request saw (a reference, no copy): its scores are computed at flush time, off the
+# request path, with the coefficients of the shadow at the time the request was served.
+QueuedRow = tuple[int, float, float, int, float, str, "str | None", "LinearModel | None"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +80,8 @@ class PredictionLogger:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retry_seconds = retry_seconds
-        self._queue: deque[PredictionRow] = deque()
-        self._pending: list[PredictionRow] = []  # the batch that failed, retried first
+        self._queue: deque[QueuedRow] = deque()
+        self._pending: list[QueuedRow] = []  # the batch that failed, retried first
         self._attempts = 0
         self._failing_since = 0.0  # monotonic time of the pending batch's first failure
         self.logged = 0
@@ -107,10 +114,12 @@ class PredictionLogger:
         prediction: int,
         confidence: float,
         epoch_us: int | None = None,
+        prediction_id: str | None = None,
+        shadow: LinearModel | None = None,
     ) -> bool:
         """Queue one prediction made at ``epoch_us`` (integer microseconds since the
-        epoch, default now). Never blocks; returns False when the queue is full and the
-        row was dropped."""
+        epoch, default now), with its id and the shadow model to score it with at flush
+        time. Never blocks; returns False when the queue is full and the row was dropped."""
         queue = self._queue
         if len(queue) >= self.capacity:
             self.dropped += 1
@@ -123,6 +132,8 @@ class PredictionLogger:
                 prediction,
                 confidence,
                 model_version,
+                prediction_id,
+                shadow,
             )
         )
         self.logged += 1
@@ -135,6 +146,8 @@ class PredictionLogger:
         predictions: Any,
         confidences: Any,
         epoch_us: int | None = None,
+        prediction_ids: list[str] | None = None,
+        shadow: LinearModel | None = None,
     ) -> int:
         """Queue many predictions made at one time (a batch route): ``features`` is
         (n, 2), ``predictions`` and ``confidences`` have n items; numpy arrays or lists.
@@ -144,9 +157,12 @@ class PredictionLogger:
         features, predictions, confidences = (
             v.tolist() if hasattr(v, "tolist") else v for v in (features, predictions, confidences)
         )
-        rows: list[PredictionRow] = [
-            (t, float(x[0]), float(x[1]), int(p), float(c), model_version)
-            for x, p, c in zip(features, predictions, confidences, strict=True)
+        ids: list[str | None] = (
+            list(prediction_ids) if prediction_ids is not None else [None] * len(predictions)
+        )
+        rows: list[QueuedRow] = [
+            (t, float(x[0]), float(x[1]), int(p), float(c), model_version, i, shadow)
+            for x, p, c, i in zip(features, predictions, confidences, ids, strict=True)
         ]
         free = max(0, self.capacity - len(self._queue))
         accepted = rows[:free]
@@ -220,15 +236,15 @@ class PredictionLogger:
                     self._failing = False
             return written
 
-    def _take(self, n: int) -> list[PredictionRow]:
+    def _take(self, n: int) -> list[QueuedRow]:
         queue = self._queue
         popleft = queue.popleft
         return [popleft() for _ in range(min(n, len(queue)))]
 
-    def _write(self, batch: list[PredictionRow]) -> int:
+    def _write(self, batch: list[QueuedRow]) -> int:
         from ia_continu.db.repository import insert_predictions
 
-        return insert_predictions(self.engine, batch)
+        return insert_predictions(self.engine, score_shadow(batch))
 
     def _on_failure(self, exc: Exception) -> None:
         self.flush_errors += 1
@@ -277,6 +293,27 @@ class PredictionLogger:
         self.abandoned += lost
         self._queue.clear()
         self._pending = []
+
+
+def score_shadow(batch: list[QueuedRow]) -> list[FullPredictionRow]:
+    """The rows to write: each with its shadow model's class and confidence, computed
+    with numpy per shadow model (one matrix product per flushed batch)."""
+    out: list[FullPredictionRow] = []
+    by_shadow: dict[int, tuple[LinearModel, list[int]]] = {}
+    for i, (us, x1, x2, pred, conf, version, pid, shadow) in enumerate(batch):
+        out.append((us, x1, x2, pred, conf, version, pid, None, None, None))
+        # Just promoted: the shadow is the champion now, nothing to compare.
+        if shadow is not None and shadow.version != version:
+            by_shadow.setdefault(id(shadow), (shadow, []))[1].append(i)
+    if by_shadow:
+        import numpy as np
+
+        for shadow, positions in by_shadow.values():
+            features = np.array([(batch[i][1], batch[i][2]) for i in positions], dtype=np.float64)
+            classes, confidences = shadow.predict_batch(features)
+            for i, c, p in zip(positions, classes.tolist(), confidences.tolist(), strict=True):
+                out[i] = (*out[i][:7], shadow.version, c, p)
+    return out
 
 
 def _describe(exc: Exception) -> str:

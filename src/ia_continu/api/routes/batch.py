@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from ia_continu.api.body import body_openapi, parse_body
+from ia_continu.api.ids import new_prediction_ids
 from ia_continu.api.routes.core import NO_MODEL
 from ia_continu.api.schemas import BatchPredictRequest, BatchPredictResponse, ErrorResponse
 from ia_continu.api.state import AppState
@@ -42,14 +43,18 @@ async def predict_batch(request: Request) -> Response:
     if state.metrics is not None:
         state.metrics.count_predictions(model.version, classes)
     now_us = time.time_ns() // 1000
+    prediction_ids = new_prediction_ids(len(classes), now_us)  # row i <-> id i
     if state.predlog is not None:  # queued; written later by a background task
-        state.predlog.log_many(model.version, features, classes, confidences, now_us)
+        state.predlog.log_many(
+            model.version, features, classes, confidences, now_us, prediction_ids, state.shadow
+        )
     content = {
         "predictions": classes,
         "confidences": confidences,
         "model_version": model.version,
         # Exact for integer microseconds: the logged time and this one are equal.
         "timestamp": datetime.fromtimestamp(now_us / 1_000_000, UTC).isoformat(),
+        "prediction_ids": prediction_ids,
     }
     # orjson writes numpy arrays directly (no per-element Python objects).
     return Response(

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from ia_continu.api.body import body_openapi, parse_body
 from ia_continu.api.deps import get_state
+from ia_continu.api.ids import new_prediction_id
 from ia_continu.api.schemas import (
     ErrorResponse,
     EvaluateRequest,
@@ -105,8 +106,12 @@ async def predict(request: Request) -> Response:
     if state.metrics is not None:
         state.metrics.count_prediction(model.version, prediction)
     now_us = time.time_ns() // 1000
+    prediction_id = new_prediction_id(now_us)  # in-process, no database round trip
     if state.predlog is not None:  # one deque append; written later by a background task
-        state.predlog.log(model.version, x1, x2, prediction, confidence, now_us)
+        # The shadow model is scored at flush time, off this path (monitoring/predlog.py).
+        state.predlog.log(
+            model.version, x1, x2, prediction, confidence, now_us, prediction_id, state.shadow
+        )
     return _json(
         {
             "prediction": prediction,
@@ -114,6 +119,7 @@ async def predict(request: Request) -> Response:
             "confidence": confidence,
             # Exact for integer microseconds: the logged time and this one are equal.
             "timestamp": datetime.fromtimestamp(now_us / 1_000_000, UTC).isoformat(),
+            "prediction_id": prediction_id,
         }
     )
 

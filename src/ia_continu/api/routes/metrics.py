@@ -21,4 +21,7 @@ def metrics(request: Request) -> Response:
 
     state = getattr(request.app.state, "ia", None)
     body = request.app.state.metrics.render(state.engine if state is not None else None)
+    from ia_continu.api.routes.feedback import render_performance_gauges
+
+    body += render_performance_gauges(state)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
