@@ -159,12 +159,13 @@ def time_requests(
     timeout: float = 300.0,
     warmup: int = 1,
     min_seconds: float = 0.0,
+    content_type: str = "application/json",
 ) -> Timed:
     """At least ``n`` sequential requests (and ``min_seconds``, so that the server's CPU
     time, counted in 10 ms ticks, is meaningful) on one keep-alive connection with a
     pre-encoded body: the client-side time is an upper bound of the server's time."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type}
     method = "GET" if body is None else "POST"
 
     def once() -> tuple[float, int, bytes, dict[str, str]]:

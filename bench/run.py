@@ -360,6 +360,64 @@ def bench_generate(plan: Plan, api: Server, table: Table) -> dict[str, Any]:
     return out
 
 
+def bench_uploads(plan: Plan, api: Server, table: Table) -> dict[str, Any]:
+    """POST /datasets (JSON and CSV) next to /generate of as many rows, interleaved
+    rounds: the upload parses and checks what /generate draws, and both write it."""
+    rows = max(plan.generate_sizes)
+    rng = np.random.default_rng(5)
+    data = np.column_stack([rng.normal(0, 1, (rows, 2)), rng.integers(0, 2, rows)])
+    listed = [[a, b, int(t)] for a, b, t in data.tolist()]
+    csv = "feature1,feature2,target\n" + "".join(f"{a!r},{b!r},{t}\n" for a, b, t in listed)
+    targets = {
+        "generate": ("/generate", orjson.dumps({"samples": rows, "seed": 1, "hour": 2}), None),
+        "json": ("/datasets", orjson.dumps({"rows": listed}), None),
+        "csv": ("/datasets", csv.encode(), "text/csv"),
+    }
+    runs: dict[str, list[Any]] = {name: [] for name in targets}
+    for _ in range(plan.rounds):
+        for name, (path, body, content_type) in targets.items():
+            runs[name].append(
+                time_requests(
+                    api.port,
+                    path,
+                    body=body,
+                    n=max(plan.repeats // 3, 3),
+                    server_cpu=api.cpu_seconds,
+                    content_type=content_type or "application/json",
+                )
+            )
+    out: dict[str, Any] = {"rows": rows}
+    medians = {name: float(np.median([t.median_ms for t in timed])) for name, timed in runs.items()}
+    # Server CPU per request: what a request costs, whatever else the machine is doing.
+    cpu = {
+        name: float(np.median([t.cpu_ms_per_request or 0.0 for t in timed]))
+        for name, timed in runs.items()
+    }
+    for name in ("json", "csv"):
+        ms = medians[name]
+        out[name] = {
+            "median_ms": round(ms, 2),
+            "cpu_ms": round(cpu[name], 2),
+            "vs_generate": round(ms / medians["generate"], 2),
+        }
+        size = len(targets[name][1])
+        table.add(
+            "uploads",
+            f"/datasets {rows:,} rows {name.upper()} ({size / 1e6:.2f} MB)",
+            f"{ms:.2f} ms ({cpu[name]:.1f} ms CPU, {ms / medians['generate']:.2f}x /generate)",
+            "<= 50 ms" if rows == 10_000 else "",
+            ms <= 50 if rows == 10_000 else None,
+        )
+    out["generate_median_ms"] = round(medians["generate"], 2)
+    out["generate_cpu_ms"] = round(cpu["generate"], 2)
+    table.add(
+        "uploads",
+        f"/generate {rows:,} rows (same rounds)",
+        f"{medians['generate']:.2f} ms ({cpu['generate']:.1f} ms CPU)",
+    )
+    return out
+
+
 def _rounds(
     plan: Plan, wrk: str, targets: dict[str, tuple[str, str | None, Server]], connections: int
 ) -> dict[str, WrkResult]:
@@ -533,7 +591,9 @@ def bench_growth(
 # --- the run ----------------------------------------------------------------------------------
 
 
-SECTIONS = ("startup", "retrain", "batch", "generate", "predict", "workers2", "cli", "growth")
+SECTIONS = (
+    "startup", "retrain", "batch", "generate", "uploads", "predict", "workers2", "cli", "growth"
+)  # fmt: skip
 # Sections with their own servers (no MLflow), run first; also `python -m bench.feedback`.
 STANDALONE_SECTIONS = ("feedback",)
 
@@ -591,6 +651,8 @@ def run(
             results["predict_batch"] = bench_batch(plan, api, table)
         if want("generate"):
             results["generate"] = bench_generate(plan, api, table)
+        if want("uploads"):
+            results["uploads"] = bench_uploads(plan, api, table)
 
         peer = None
         if plan.peer and want("predict"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -194,6 +194,109 @@ def generate(
     )
 
 
+datasets_app = typer.Typer(help="Labelled datasets.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("import")
+def datasets_import(
+    file: Annotated[Path, typer.Argument(help="CSV (header feature1,feature2,target) or Parquet")],
+    file_format: Annotated[
+        str, typer.Option("--format", help="auto (by extension), csv or parquet")
+    ] = "auto",
+    hour: Annotated[
+        int | None, typer.Option(min=0, max=23, help="hour the rows were observed (default: now)")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="rows read and written at once")] = (
+        100_000
+    ),
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Import labelled rows from a file of any size as one dataset (source "upload"),
+    streamed in chunks into one transaction: a bad value stops the import, names its row
+    and column, and nothing is stored. /retrain trains on it like a generated dataset."""
+    import time
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ia_continu.db import repository as repo
+    from ia_continu.db.engine import create_db_engine
+    from ia_continu.db.migrate import upgrade_database
+    from ia_continu.ml import labelled
+    from ia_continu.ml.data import MIN_SAMPLES, Dataset
+
+    def fail(message: str) -> NoReturn:
+        typer.echo(f"ia-continu datasets import: {file}: {message}", err=True)
+        raise typer.Exit(1)
+
+    kind = file_format.lower()
+    if kind == "auto":
+        kind = "parquet" if file.suffix.lower() in (".parquet", ".pq") else "csv"
+    if kind not in ("csv", "parquet"):
+        fail(f"unknown format {file_format!r}: csv or parquet")
+    if not file.is_file():
+        fail("no such file")
+    settings = _settings()
+    now = datetime.now(UTC)
+    if hour is None:
+        tz = ZoneInfo(settings.timezone) if settings.timezone else None
+        hour = now.astimezone(tz).hour
+    observed_hour = hour
+    total: int | None = None
+    try:
+        if kind == "parquet":
+            total = labelled.count_parquet_rows(file)
+            chunks = labelled.iter_parquet_file(file, chunk_size=chunk_size)
+        else:
+            chunks = labelled.iter_csv_file(file, chunk_size=chunk_size)
+    except (OSError, ValueError) as exc:
+        fail(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc))
+
+    def datasets() -> Any:
+        written = 0
+        for features, target in chunks:
+            written += len(target)
+            yield Dataset(features=features, target=target, hour=observed_hour)
+        if written < MIN_SAMPLES:
+            raise labelled.LabelledRowError(f"{written} rows: at least {MIN_SAMPLES} are needed")
+
+    engine = create_db_engine(settings.resolved_database_url)
+    upgrade_database(engine)
+    started = time.perf_counter()
+    columns = (
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            task = bar.add_task("rows", total=total)
+            record = repo.insert_dataset_chunks(
+                engine,
+                datasets(),
+                samples_count=total,
+                hour=observed_hour,
+                created_at=now,
+                source="upload",
+                on_chunk=lambda n: bar.advance(task, n),
+            )
+    except (labelled.LabelledRowError, UnicodeDecodeError, OSError) as exc:
+        fail(str(exc) if isinstance(exc, labelled.LabelledRowError) else repr(exc))
+    except ValueError as exc:  # pyarrow: not a Parquet file, corrupt page, ...
+        fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    finally:
+        engine.dispose()
+    elapsed = time.perf_counter() - started
+    typer.echo(
+        f"generation_id={record.generation_id} samples={record.samples_count} "
+        f"hour={observed_hour} source=upload in {elapsed:.2f} s "
+        f"({record.samples_count / max(elapsed, 1e-9):,.0f} rows/s)"
+    )
+
+
 @app.command()
 def up(
     with_prefect: Annotated[bool, typer.Option(help="also start Prefect")] = True,
@@ -339,6 +442,12 @@ def _run_table(run: object, *, mlflow_url: str | None) -> object:
         "batch",
         f"generation {fmt(data['generation_id'])}, hour {fmt(data['hour_generated'])}, "
         f"{fmt(data['batch_samples'])} rows",
+    )
+    table.add_row(
+        "labelled data",
+        "none (no fresh data)"
+        if not data.get("data_source")
+        else f"{data['data_source']}, {fmt(data.get('labelled_samples'))} rows",
     )
     table.add_row("champion held-out accuracy", fmt(data["reference_accuracy"]))
     table.add_row(

@@ -84,6 +84,15 @@ class Settings(BaseSettings):
     # Minimum number of logged live predictions before they are compared too.
     min_live_predictions: int = Field(200, ge=10)
     prefect_api_url: str = "http://127.0.0.1:4200/api"
+    # Labelled predictions (feedback joined to its prediction) needed since the last run
+    # before the flow learns from live traffic instead of a generated batch.
+    min_feedback: int = Field(200, ge=1)
+    # With no labelled data, generate a batch (demo). Production: false ("no fresh data").
+    monitor_generate: bool = True
+    # holdout: a challenger is promoted when it beats the champion on its own held-out
+    # rows; shadow: it is served in shadow and promoted once it beats the champion on
+    # at least IA_MIN_FEEDBACK labelled live rows.
+    promote_on: Literal["holdout", "shadow"] = "holdout"
 
     # --- prediction logging ---------------------------------------------------------
     prediction_log_enabled: bool = True
@@ -104,6 +113,8 @@ class Settings(BaseSettings):
     protect_predict: bool = False
     allow_anonymous: bool = False
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # POST /datasets only: 10,000 pretty-printed JSON rows reach ~1 MiB.
+    max_upload_bytes: int = Field(4_194_304, ge=1024)
 
     # --- dashboard links ---------------------------------------------------------------
     mlflow_ui_url: str = "http://localhost:5000"

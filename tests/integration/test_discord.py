@@ -55,7 +55,10 @@ def test_build_run_embed_has_course_title_colour_and_fields() -> None:
     assert embed["title"] == "Résultats du pipeline"
     assert embed["color"] == discord.COLOURS["drift"]
     fields = {f["name"]: f["value"] for f in embed["fields"]}
-    assert list(fields) == ["Status", "Drift", "Accuracy", "Model version", "Decision", "MLflow"]
+    assert list(fields) == [
+        "Status", "Drift", "Accuracy", "Model version", "Decision", "MLflow", "Données"
+    ]  # fmt: skip
+    assert fields["Données"] == "aucune donnée fraîche"  # RUN has no data_source
     assert "drift" in fields["Status"]
     assert fields["Drift"].startswith("oui")
     assert "feature1: KS=0.210 p=1.20e-19 PSI=0.270" in fields["Drift"]
@@ -65,6 +68,14 @@ def test_build_run_embed_has_course_title_colour_and_fields() -> None:
     assert "http://mlflow.local/#/experiments/1/runs/ab" in fields["MLflow"]
     assert embed["url"] == "http://mlflow.local/#/experiments/1/runs/ab"
     assert embed["timestamp"].startswith("2026-01-15T11:00")
+
+
+def test_build_run_embed_names_the_data_source() -> None:
+    embed = discord.build_run_embed({**RUN, "data_source": "feedback", "labelled_samples": 250})
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Données"] == "trafic étiqueté (feedback) · 250 lignes"
+    embed = discord.build_run_embed({**RUN, "data_source": "upload", "labelled_samples": 100})
+    assert {f["name"]: f["value"] for f in embed["fields"]}["Données"].startswith("jeu importé")
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ RUN_FIELDS = {
     "generation_id", "batch_samples", "hour_generated", "reference_accuracy", "accuracy",
     "precision", "recall", "f1_score", "drift", "live_drift", "drift_detected", "decision",
     "reason", "new_version", "new_accuracy", "champion_accuracy_on_holdout", "mlflow_run_id",
-    "flow_run_id", "error",
+    "flow_run_id", "error", "data_source", "labelled_samples",
 }  # fmt: skip
 
 

@@ -115,12 +115,18 @@ def create_app(
 
     app.include_router(predictions.router)
 
-    from ia_continu.api.routes import feedback
+    from ia_continu.api.routes import datasets, feedback
 
     app.include_router(feedback.router)
+    app.include_router(datasets.router)
     _install_dashboard(app)
     # Before the operations: inside the key check and the metrics (413s are counted).
-    _install_body_limit(app, max_bytes=settings.max_body_bytes)
+    _install_body_limit(
+        app,
+        max_bytes=settings.max_body_bytes,
+        # 10,000 labelled rows, pretty-printed JSON, reach ~1 MiB (docs/loop.md).
+        path_limits={"/datasets": settings.max_upload_bytes},
+    )
     _install_operations(app, settings, api_keys=api_keys, instrument=instrument)
     _serve_first(
         app, [(core.router, "/predict"), (batch.router, "/predict/batch"), (core.router, "/health")]
@@ -141,17 +147,19 @@ def _start_prediction_log_reporter(state: AppState) -> asyncio.Task[None] | None
     )
 
 
-def _install_body_limit(app: FastAPI, *, max_bytes: int) -> None:
-    """413 for bodies over IA_MAX_BODY_BYTES, before parsing; documented on every
-    operation that takes a body."""
+def _install_body_limit(
+    app: FastAPI, *, max_bytes: int, path_limits: dict[str, int] | None = None
+) -> None:
+    """413 for bodies over IA_MAX_BODY_BYTES (or a path's own limit), before parsing;
+    documented on every operation that takes a body."""
     from ia_continu.api.limits import BodySizeLimitMiddleware, document_body_limit
 
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_bytes, path_limits=path_limits)
     build_openapi = app.openapi
 
     def openapi_with_body_limit() -> dict[str, Any]:
         schema = build_openapi()
-        document_body_limit(schema, max_bytes=max_bytes)  # idempotent
+        document_body_limit(schema, max_bytes=max_bytes, path_limits=path_limits)  # idempotent
         return schema
 
     app.openapi = openapi_with_body_limit  # type: ignore[method-assign]

@@ -268,6 +268,10 @@ class MonitoringRun(BaseModel):
     mlflow_run_id: str | None
     flow_run_id: str | None
     error: str | None
+    data_source: Literal["generated", "feedback", "upload"] | None = Field(
+        None, description="where the run's labelled rows came from; null: no fresh data"
+    )
+    labelled_samples: int | None = Field(None, description="labelled rows the run used")
 
 
 class MonitoringHistory(BaseModel):
@@ -332,3 +336,32 @@ class PredictionTimeseriesResponse(BaseModel):
     points: list[PredictionTimeseriesPoint] = Field(
         description="oldest first, one per bucket and model version; empty buckets absent"
     )
+
+
+# --- labelled uploads (POST /datasets) ----------------------------------------------------
+
+# Strict: true, 1.0 and "1" are not labels.
+Target = Annotated[int, Field(ge=0, le=1, strict=True)]
+LabelledRow = tuple[FiniteFloat, FiniteFloat, Target]
+
+
+class DatasetUploadRequest(_Strict):
+    rows: list[LabelledRow] = Field(
+        ...,
+        min_length=MIN_SAMPLES,
+        max_length=MAX_SAMPLES,
+        description=f"{MIN_SAMPLES} to {MAX_SAMPLES} rows of [feature1, feature2, target]",
+        examples=[[[0.5, -1.2, 0], [1.0, 2.0, 1]]],
+    )
+    hour: Hour | None = Field(
+        None, description="hour the rows were observed (hour_generated); default: now"
+    )
+
+
+class DatasetUploadResponse(BaseModel):
+    generation_id: int
+    samples_created: int
+    timestamp: datetime
+    hour_generated: int
+    source: Literal["upload"] = "upload"
+    class_counts: ClassCounts

@@ -18,7 +18,14 @@ from numpy.typing import NDArray
 from sqlalchemy.engine import Connection, Engine
 
 from ia_continu.db.engine import WRITE
-from ia_continu.db.tables import dataset_samples, datasets, models, monitoring_runs, predictions
+from ia_continu.db.tables import (
+    dataset_samples,
+    datasets,
+    feedback,
+    models,
+    monitoring_runs,
+    predictions,
+)
 from ia_continu.ml.data import Dataset
 
 
@@ -85,18 +92,20 @@ def insert_dataset_chunks(
     engine: Engine,
     chunks: Any,
     *,
-    samples_count: int,
+    samples_count: int | None,
     hour: int,
     created_at: datetime,
     seed: int | None = None,
     source: str = "cli",
     on_chunk: Any = None,
 ) -> DatasetRecord:
-    """Stream chunks of one large dataset into a single transaction."""
+    """Stream chunks of one large dataset into a single transaction. With
+    ``samples_count=None`` (a CSV file streamed without counting it first) the header
+    gets the number of rows written. A chunk that raises rolls everything back."""
     with engine.connect().execution_options(**WRITE) as conn, conn.begin():
         record = _insert_dataset_header(
             conn,
-            samples_count=samples_count,
+            samples_count=samples_count or 0,
             created_at=created_at,
             hour=hour,
             seed=seed,
@@ -108,7 +117,16 @@ def insert_dataset_chunks(
             written += len(chunk)
             if on_chunk is not None:
                 on_chunk(len(chunk))
-        if written != samples_count:
+        if samples_count is None:
+            conn.execute(
+                datasets.update()
+                .where(datasets.c.id == record.generation_id)
+                .values(samples_count=written)
+            )
+            from dataclasses import replace
+
+            record = replace(record, samples_count=written)
+        elif written != samples_count:
             raise ValueError(f"expected {samples_count} samples, got {written}")
     return record
 
@@ -489,6 +507,11 @@ class MonitoringRunRecord:
     mlflow_run_id: str | None = None
     flow_run_id: str | None = None
     error: str | None = None
+    data_source: str | None = None  # generated | feedback | upload; None: no fresh data
+    labelled_samples: int | None = None
+    # Labelled traffic consumed up to here (predictions.id, feedback.received_at).
+    feedback_watermark_id: int | None = None
+    feedback_watermark_at: datetime | None = None
 
 
 def insert_monitoring_run(engine: Engine, run: MonitoringRunRecord) -> MonitoringRunRecord:
@@ -566,6 +589,10 @@ def _monitoring_values(run: MonitoringRunRecord) -> dict[str, Any]:
         "mlflow_run_id": run.mlflow_run_id,
         "flow_run_id": run.flow_run_id,
         "error": run.error,
+        "data_source": run.data_source,
+        "labelled_samples": run.labelled_samples,
+        "feedback_watermark_id": run.feedback_watermark_id,
+        "feedback_watermark_at": run.feedback_watermark_at,
     }
     for feature in DRIFT_FEATURES:
         stats = (run.drift or {}).get(feature, {})
@@ -613,6 +640,12 @@ def _monitoring_record(row: Any) -> MonitoringRunRecord:
         mlflow_run_id=row["mlflow_run_id"],
         flow_run_id=row["flow_run_id"],
         error=row["error"],
+        data_source=row["data_source"],
+        labelled_samples=row["labelled_samples"],
+        feedback_watermark_id=row["feedback_watermark_id"],
+        feedback_watermark_at=(
+            _utc(row["feedback_watermark_at"]) if row["feedback_watermark_at"] is not None else None
+        ),
     )
 
 
@@ -943,3 +976,148 @@ def count_predictions_by_bucket(
         )
         for start, version, n, c1 in rows
     ]
+
+
+# --- labelled traffic (predictions joined to their feedback) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackWatermark:
+    """Pairs with a prediction row id <= ``prediction_row_id`` and feedback received at or
+    before ``received_at`` were available to the run that stored it."""
+
+    prediction_row_id: int
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledFeedback:
+    available: int  # joined pairs new since the previous watermark
+    features: NDArray[np.float64]  # (n, 2); empty unless loaded
+    target: NDArray[np.int64]
+    watermark: FeedbackWatermark | None  # None when there is no feedback at all
+
+
+def get_feedback_watermark(engine: Engine) -> FeedbackWatermark | None:
+    """The watermark of the newest monitoring run that consumed labelled traffic."""
+    r = monitoring_runs.c
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(r.feedback_watermark_id, r.feedback_watermark_at)
+            .where(r.feedback_watermark_id.is_not(None), r.feedback_watermark_at.is_not(None))
+            .order_by(r.id.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return None
+    return FeedbackWatermark(prediction_row_id=int(row[0]), received_at=_utc(row[1]))
+
+
+def collect_labelled_feedback(
+    engine: Engine, *, after: FeedbackWatermark | None, min_rows: int, limit: int
+) -> LabelledFeedback:
+    """Predictions joined to their feedback (``predictions.prediction_id =
+    feedback.prediction_id``) that are new since ``after``. The rows are loaded only when
+    at least ``min_rows`` exist (at most the newest ``limit``); the returned watermark
+    bounds what was counted, so that a caller storing it never reuses these pairs."""
+    p, f = predictions.c, feedback.c
+    with engine.connect() as conn:
+        top_id = conn.execute(sa.select(sa.func.max(p.id))).scalar_one_or_none()
+        top_at = conn.execute(sa.select(sa.func.max(f.received_at))).scalar_one_or_none()
+        empty = LabelledFeedback(
+            available=0,
+            features=np.empty((0, 2), dtype=np.float64),
+            target=np.empty(0, dtype=np.int64),
+            watermark=None,
+        )
+        if top_id is None or top_at is None:
+            return empty
+        top = FeedbackWatermark(prediction_row_id=int(top_id), received_at=_utc(top_at))
+        joined = predictions.join(feedback, p.prediction_id == f.prediction_id)
+        bounds = [p.id <= top.prediction_row_id, f.received_at <= top.received_at]
+        if after is not None:
+            bounds.append(sa.or_(p.id > after.prediction_row_id, f.received_at > after.received_at))
+        available = int(
+            conn.execute(sa.select(sa.func.count()).select_from(joined).where(*bounds)).scalar_one()
+        )
+        if available < min_rows:
+            return LabelledFeedback(
+                available=available, features=empty.features, target=empty.target, watermark=top
+            )
+        rows = conn.execute(
+            sa.select(p.feature1, p.feature2, f.label)
+            .select_from(joined)
+            .where(*bounds)
+            .order_by(p.id.desc())
+            .limit(limit)
+        ).all()
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)[::-1]  # oldest first
+    return LabelledFeedback(
+        available=available,
+        features=np.ascontiguousarray(arr[:, :2]),
+        target=arr[:, 2].astype(np.int64),
+        watermark=top,
+    )
+
+
+def get_shadow_model(engine: Engine) -> ModelRecord | None:
+    """The model served in shadow (agreed rule): the newest ``models`` row that is not
+    active and was registered after the active one; None otherwise."""
+    with engine.connect() as conn:
+        active_id = conn.execute(
+            sa.select(models.c.id).where(models.c.is_active)
+        ).scalar_one_or_none()
+        if active_id is None:
+            return None
+        row = (
+            conn.execute(
+                sa.select(models)
+                .where(sa.not_(models.c.is_active), models.c.id > active_id)
+                .order_by(models.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+    return _model_record(row) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowComparison:
+    rows: int  # labelled live rows scored by both models
+    champion_correct: int
+    challenger_correct: int
+
+    @property
+    def champion_accuracy(self) -> float | None:
+        return self.champion_correct / self.rows if self.rows else None
+
+    @property
+    def challenger_accuracy(self) -> float | None:
+        return self.challenger_correct / self.rows if self.rows else None
+
+
+def compare_on_shadow_rows(
+    engine: Engine, *, champion_version: str, challenger_version: str
+) -> ShadowComparison:
+    """Both models' accuracy on the same labelled live rows: predictions served by the
+    champion and scored in shadow by the challenger, joined to their feedback."""
+    p, f = predictions.c, feedback.c
+    stmt = (
+        sa.select(
+            sa.func.count(),
+            sa.func.sum(sa.case((p.prediction == f.label, 1), else_=0)),
+            sa.func.sum(sa.case((p.shadow_prediction == f.label, 1), else_=0)),
+        )
+        .select_from(predictions.join(feedback, p.prediction_id == f.prediction_id))
+        .where(
+            p.model_version == champion_version,
+            p.shadow_version == challenger_version,
+            p.shadow_prediction.is_not(None),
+        )
+    )
+    with engine.connect() as conn:
+        n, champ, chall = conn.execute(stmt).one()
+    return ShadowComparison(
+        rows=int(n), champion_correct=int(champ or 0), challenger_correct=int(chall or 0)
+    )

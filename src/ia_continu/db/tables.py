@@ -127,4 +127,8 @@ monitoring_runs = sa.Table(
     # generated | feedback | upload: where the run's fresh labelled rows came from.
     sa.Column("data_source", sa.String(16), nullable=True),
     sa.Column("labelled_samples", sa.Integer, nullable=True),
+    # The labelled traffic consumed so far (0004_loop): predictions.id and
+    # feedback.received_at bounds; NULL on runs that used no feedback.
+    sa.Column("feedback_watermark_id", sa.BigInteger, nullable=True),
+    sa.Column("feedback_watermark_at", sa.DateTime(timezone=True), nullable=True),
 )

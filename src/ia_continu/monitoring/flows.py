@@ -66,16 +66,19 @@ async def check_api_health_task(*, api_url: str) -> None:
 @task(name="find-fresh-batch", **_local)  # type: ignore[call-overload]
 async def find_fresh_batch_task(
     *, settings: Settings, engine: Engine, request: service.RunRequest, now: datetime
-) -> service.BatchRef:
+) -> service.BatchRef | service.NoFreshData:
     batch = await asyncio.to_thread(
         service.find_fresh_batch, settings=settings, engine=engine, request=request, now=now
     )
+    if isinstance(batch, service.NoFreshData):
+        get_run_logger().info("%s", batch.reason)
+        return batch
     get_run_logger().info(
         "batch: generation %s, hour %s, %s rows (%s)",
         batch.generation_id,
         batch.hour,
         batch.samples,
-        "generated now" if batch.generated else f"arrived via {batch.source}",
+        "generated now" if batch.generated else f"{batch.data_source}: {batch.source}",
     )
     return batch
 
@@ -150,6 +153,14 @@ async def train_challenger_task(
     return challenger
 
 
+@task(name="judge-shadow", **_local)  # type: ignore[call-overload]
+async def judge_shadow_task(*, settings: Settings, engine: Engine) -> service.ShadowVerdict | None:
+    verdict = await asyncio.to_thread(service.judge_shadow, settings=settings, engine=engine)
+    if verdict is not None:
+        get_run_logger().info("%s", verdict.reason)
+    return verdict
+
+
 @task(name="promote-challenger", **_network)  # type: ignore[call-overload]
 async def promote_challenger_task(*, settings: Settings, engine: Engine, version: str) -> None:
     await asyncio.to_thread(
@@ -187,6 +198,7 @@ _TASKS: dict[Callable[..., Any], Any] = {
     service.evaluate_champion: evaluate_champion_task,
     service.compute_drift: compute_drift_task,
     service.train_challenger: train_challenger_task,
+    service.judge_shadow: judge_shadow_task,
     service.promote_challenger: promote_challenger_task,
     service.log_run_metrics: log_run_metrics_task,
     service.record_run: record_run_task,

@@ -9,6 +9,13 @@ A run: health of the API -> fresh labelled batch -> the champion's metrics on it
 drift against the champion's training data (and live traffic) -> decision -> maybe a
 challenger, promoted only if it beats the champion on its own held-out rows -> MLflow
 -> the monitoring_runs row -> Discord.
+
+Fresh labelled data, in this order (docs/loop.md): predictions with feedback that arrived
+since the last run (at least IA_MIN_FEEDBACK, stored as a ``feedback`` dataset, plus any
+datasets uploaded meanwhile); else the newest dataset uploaded or generated since the last
+run; else a generated batch when IA_MONITOR_GENERATE, else nothing ("no fresh data").
+With IA_PROMOTE_ON=shadow a challenger is served in shadow and promoted only once it
+beats the champion on the same labelled live rows.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ T = TypeVar("T")
 # How a step is executed: ``await run_step(fn, **kwargs)`` returns ``fn(**kwargs)``.
 StepRunner = Callable[..., Awaitable[Any]]
 LIVE_WINDOW = 10_000  # newest logged predictions compared with the reference at most
+FEEDBACK_WINDOW = 100_000  # newest labelled predictions one run learns from at most
 HEALTH_TIMEOUT = 5.0
 
 
@@ -69,6 +77,30 @@ class BatchRef:
     samples: int
     source: str
     generated: bool  # True when this run generated it (no fresh data had arrived)
+    data_source: str = "generated"  # generated | feedback | upload (monitoring_runs)
+    # Set when the batch holds labelled traffic: stored with the run, so it is not reused.
+    watermark: repo.FeedbackWatermark | None = None
+    note: str | None = None  # why this data (e.g. feedback still below IA_MIN_FEEDBACK)
+
+
+@dataclass(frozen=True, slots=True)
+class NoFreshData:
+    """Nothing labelled arrived and IA_MONITOR_GENERATE is off: the run does nothing."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowVerdict:
+    """The shadow challenger against the champion on the same labelled live rows."""
+
+    challenger_version: str
+    rows: int
+    champion_accuracy: float | None
+    challenger_accuracy: float | None
+    promote: bool
+    missing: int  # labelled rows still needed before a verdict (0 once enough)
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,31 +164,115 @@ def local_hour(now: datetime, timezone: str) -> int:
 
 def find_fresh_batch(
     *, settings: Settings, engine: Engine, request: RunRequest, now: datetime
-) -> BatchRef:
-    """The newest dataset that arrived since the last monitoring run (other than the
-    champion's own training data); if none, generate a batch as /generate would."""
-    if not request.forces_batch:
-        after = repo.get_last_monitored_generation_id(engine) or 0
-        champion = repo.get_active_model(engine)
-        trained_on = champion.generation_id if champion else None
-        fresh = [
-            d for d in repo.list_datasets_since(engine, after) if d.generation_id != trained_on
-        ]
-        if fresh:
-            newest = fresh[-1]
-            return BatchRef(
-                generation_id=newest.generation_id,
-                hour=newest.hour_generated,
-                samples=newest.samples_count,
-                source=newest.source,
-                generated=False,
+) -> BatchRef | NoFreshData:
+    """The labelled data this run learns from (module docstring: feedback, then uploads
+    or datasets generated since the last run, then a generated batch if allowed)."""
+    if request.forces_batch:
+        return generate_batch(
+            engine=engine,
+            hour=request.hour if request.hour is not None else local_hour(now, settings.timezone),
+            samples=request.samples or settings.monitor_batch_size,
+            now=now,
+            seed=request.seed,
+        )
+    after = repo.get_last_monitored_generation_id(engine) or 0
+    champion = repo.get_active_model(engine)
+    trained_on = champion.generation_id if champion else None
+    fresh = [
+        d
+        for d in repo.list_datasets_since(engine, after)
+        if d.generation_id != trained_on and d.source != "feedback"
+    ]
+    labelled = repo.collect_labelled_feedback(
+        engine,
+        after=repo.get_feedback_watermark(engine),
+        min_rows=settings.min_feedback,
+        limit=FEEDBACK_WINDOW,
+    )
+    if labelled.available >= settings.min_feedback:
+        return store_feedback_batch(
+            engine=engine,
+            labelled=labelled,
+            uploads=[d for d in fresh if d.source == "upload"],
+            hour=local_hour(now, settings.timezone),
+            now=now,
+        )
+    note = None
+    if labelled.available:
+        note = (
+            f"{labelled.available} labelled predictions since the last run, fewer than "
+            f"IA_MIN_FEEDBACK={settings.min_feedback}: kept for a later run"
+        )
+    if fresh:
+        newest = fresh[-1]
+        return BatchRef(
+            generation_id=newest.generation_id,
+            hour=newest.hour_generated,
+            samples=newest.samples_count,
+            source=newest.source,
+            generated=False,
+            data_source="upload" if newest.source == "upload" else "generated",
+            note=note,
+        )
+    if not settings.monitor_generate:
+        return NoFreshData(
+            reason="; ".join(
+                [
+                    "no fresh labelled data since the last run and IA_MONITOR_GENERATE=false: "
+                    "nothing evaluated, nothing trained"
+                ]
+                + ([note] if note else [])
             )
-    return generate_batch(
+        )
+    batch = generate_batch(
         engine=engine,
-        hour=request.hour if request.hour is not None else local_hour(now, settings.timezone),
-        samples=request.samples or settings.monitor_batch_size,
+        hour=local_hour(now, settings.timezone),
+        samples=settings.monitor_batch_size,
         now=now,
         seed=request.seed,
+    )
+    return replace(batch, note=note)
+
+
+def store_feedback_batch(
+    *,
+    engine: Engine,
+    labelled: repo.LabelledFeedback,
+    uploads: list[repo.DatasetRecord],
+    hour: int,
+    now: datetime,
+) -> BatchRef:
+    """Store the labelled traffic (features + feedback label as target), plus the rows
+    of datasets uploaded since the last run, as one ``feedback`` dataset: the challenger
+    trained on it can be retrained from the database alone."""
+    import numpy as np
+
+    from ia_continu.ml.data import Dataset
+
+    features = [labelled.features]
+    target = [labelled.target]
+    for record in uploads:
+        upload = _load(engine, record.generation_id)
+        features.append(upload.features)
+        target.append(upload.target)
+    dataset = Dataset(
+        features=np.ascontiguousarray(np.concatenate(features)),
+        target=np.concatenate(target).astype(np.int64),
+        hour=hour,
+    )
+    stored = repo.insert_dataset(engine, dataset, created_at=now, source="feedback")
+    note = f"{len(labelled.target)} labelled predictions (of {labelled.available} new)"
+    if uploads:
+        note += " + uploaded generations " + ", ".join(str(u.generation_id) for u in uploads)
+    return BatchRef(
+        generation_id=stored.generation_id,
+        hour=hour,
+        samples=stored.samples_count,
+        source="feedback",
+        generated=False,
+        data_source="feedback",
+        watermark=labelled.watermark,
+        note=note,
     )
 
 
@@ -229,17 +345,21 @@ def compute_drift(
     drift = checks.compute_drift_report(reference.features, current.features)
     live = repo.load_live_features(engine, since=live_since, limit=LIVE_WINDOW)
     live_drift = None
-    if len(live) >= settings.min_live_predictions:
+    # Labelled traffic: the batch's own inputs are live inputs, whatever their number.
+    if len(live) >= settings.min_live_predictions or (
+        batch.data_source == "feedback" and len(live) > 0
+    ):
         live_drift = checks.compute_drift_report(reference.features, live)
     return DriftCheck(drift=drift, live_drift=live_drift, live_samples=len(live))
 
 
 def decide(
-    *, settings: Settings, champion: ChampionCheck, drift: DriftCheck
+    *, settings: Settings, champion: ChampionCheck, drift: DriftCheck, data_source: str = ""
 ) -> checks.RetrainDecision:
-    """The retrain rule on the labelled batch (live drift is reported, not decisive:
-    the challenger can only learn from labelled rows)."""
-    return checks.decide_retrain(
+    """The retrain rule on the labelled batch. Drift on the live inputs is decisive only
+    when the batch is labelled traffic (a challenger can then learn what drifted);
+    otherwise it is reported."""
+    decision = checks.decide_retrain(
         accuracy=champion.metrics.accuracy,
         reference_accuracy=champion.reference_accuracy,
         drift=drift.drift,
@@ -247,6 +367,66 @@ def decide(
         min_accuracy=settings.min_accuracy,
         drift_p_value=settings.drift_p_value,
         psi_threshold=settings.psi_threshold,
+    )
+    if data_source != "feedback" or drift.live_drift is None:
+        return decision
+    drifted = checks.drifted_features(drift.live_drift, p_value=settings.drift_p_value)
+    if not drifted:
+        return decision
+    live_reasons = tuple(
+        f"live {name} KS p-value {drift.live_drift[name].ks_p_value:.2e} "
+        f"< {settings.drift_p_value:g}"
+        for name in drifted
+    )
+    return checks.RetrainDecision(
+        retrain=True, drift_detected=True, reasons=decision.reasons + live_reasons
+    )
+
+
+def judge_shadow(*, settings: Settings, engine: Engine) -> ShadowVerdict | None:
+    """IA_PROMOTE_ON=shadow: the challenger served in shadow (the agreed rule in
+    repository.get_shadow_model) against the champion on the labelled live rows both
+    scored. None when there is no champion or no shadow challenger."""
+    champion = repo.get_active_model(engine)
+    shadow = repo.get_shadow_model(engine)
+    if champion is None or shadow is None:
+        return None
+    cmp = repo.compare_on_shadow_rows(
+        engine, champion_version=champion.version, challenger_version=shadow.version
+    )
+    needed = settings.min_feedback
+    if cmp.rows < needed:
+        return ShadowVerdict(
+            challenger_version=shadow.version,
+            rows=cmp.rows,
+            champion_accuracy=cmp.champion_accuracy,
+            challenger_accuracy=cmp.challenger_accuracy,
+            promote=False,
+            missing=needed - cmp.rows,
+            reason=(
+                f"shadow challenger {shadow.version}: {cmp.rows} labelled live rows, "
+                f"{needed - cmp.rows} more needed (IA_MIN_FEEDBACK={needed})"
+            ),
+        )
+    assert cmp.champion_accuracy is not None and cmp.challenger_accuracy is not None
+    promote = checks.should_promote(
+        challenger_accuracy=cmp.challenger_accuracy,
+        champion_accuracy=cmp.champion_accuracy,
+        margin=settings.promotion_margin,
+    )
+    return ShadowVerdict(
+        challenger_version=shadow.version,
+        rows=cmp.rows,
+        champion_accuracy=cmp.champion_accuracy,
+        challenger_accuracy=cmp.challenger_accuracy,
+        promote=promote,
+        missing=0,
+        reason=(
+            f"shadow challenger {shadow.version} {cmp.challenger_accuracy:.4f} vs champion "
+            f"{champion.version} {cmp.champion_accuracy:.4f} on {cmp.rows} labelled live rows"
+            f" (margin {settings.promotion_margin:g}): "
+            + ("promoted" if promote else "not promoted")
+        ),
     )
 
 
@@ -429,29 +609,20 @@ async def execute_run(
         if check_health:
             await run_step(check_api_health, api_url=settings.api_url)
         previous = repo.get_latest_monitoring_run(engine)
-        batch: BatchRef = await run_step(
+        found: BatchRef | NoFreshData = await run_step(
             find_fresh_batch, settings=settings, engine=engine, request=request, now=clock()
         )
-        draft.update(
-            generation_id=batch.generation_id,
-            batch_samples=batch.samples,
-            hour_generated=batch.hour,
-        )
-        champion: ChampionCheck | None = await run_step(
-            evaluate_champion, engine=engine, batch=batch
-        )
-        if champion is None:
-            await _bootstrap(
-                draft, run_step, settings=settings, engine=engine, batch=batch, clock=clock
-            )
+        if isinstance(found, NoFreshData):
+            draft.update(status="ok", decision="none", reason=found.reason, labelled_samples=0)
+            if settings.promote_on == "shadow":
+                await _judge_shadow_only(draft, run_step, settings=settings, engine=engine)
         else:
-            await _monitor(
+            await _evaluate_batch(
                 draft,
                 run_step,
                 settings=settings,
                 engine=engine,
-                batch=batch,
-                champion=champion,
+                batch=found,
                 live_since=previous.started_at if previous else None,
                 clock=clock,
             )
@@ -494,6 +665,46 @@ async def execute_run(
         run.duration_seconds or 0.0,
     )
     return RunOutcome(run=run, mlflow_url=mlflow_url, notified=notified)
+
+
+async def _evaluate_batch(
+    draft: _Draft,
+    run_step: StepRunner,
+    *,
+    settings: Settings,
+    engine: Engine,
+    batch: BatchRef,
+    live_since: datetime | None,
+    clock: Callable[[], datetime],
+) -> None:
+    draft.update(
+        generation_id=batch.generation_id,
+        batch_samples=batch.samples,
+        hour_generated=batch.hour,
+        data_source=batch.data_source,
+        labelled_samples=batch.samples,
+    )
+    if batch.watermark is not None:  # recorded with the run: these pairs are consumed
+        draft.update(
+            feedback_watermark_id=batch.watermark.prediction_row_id,
+            feedback_watermark_at=batch.watermark.received_at,
+        )
+    champion: ChampionCheck | None = await run_step(evaluate_champion, engine=engine, batch=batch)
+    if champion is None:
+        await _bootstrap(
+            draft, run_step, settings=settings, engine=engine, batch=batch, clock=clock
+        )
+        return
+    await _monitor(
+        draft,
+        run_step,
+        settings=settings,
+        engine=engine,
+        batch=batch,
+        champion=champion,
+        live_since=live_since,
+        clock=clock,
+    )
 
 
 class _Draft:
@@ -560,14 +771,34 @@ async def _monitor(
         batch=batch,
         live_since=live_since,
     )
-    decision = decide(settings=settings, champion=champion, drift=drift)
-    reasons = [decision.reason] + ([drift.note] if drift.note else [])
+    decision = decide(
+        settings=settings, champion=champion, drift=drift, data_source=batch.data_source
+    )
+    reasons = [decision.reason] + [n for n in (drift.note, batch.note) if n]
     draft.update(
         drift=checks.report_to_dict(drift.drift),
         live_drift=checks.report_to_dict(drift.live_drift),
         drift_detected=decision.drift_detected,
         reason="; ".join(reasons),
     )
+    shadow_mode = settings.promote_on == "shadow"
+    if shadow_mode:
+        verdict: ShadowVerdict | None = await run_step(
+            judge_shadow, settings=settings, engine=engine
+        )
+        if verdict is not None:
+            reasons.append(verdict.reason)
+            draft.update(reason="; ".join(reasons))
+            if verdict.promote:
+                await _promote_shadow(draft, run_step, settings, engine, verdict)
+                draft.update(status="drift" if decision.retrain else "ok")
+                return
+            if verdict.missing:  # still being measured: do not replace it
+                draft.update(
+                    status="drift" if decision.retrain else "ok",
+                    decision="kept_champion" if decision.retrain else "none",
+                )
+                return
     if not decision.retrain:
         draft.update(status="ok", decision="none")
         return
@@ -584,11 +815,49 @@ async def _monitor(
         new_accuracy=challenger.accuracy,
         champion_accuracy_on_holdout=challenger.champion_accuracy_on_holdout,
     )
+    if shadow_mode:
+        reasons.append(
+            f"challenger {challenger.version} serves in shadow until it beats the champion "
+            f"on {settings.min_feedback} labelled live rows (IA_PROMOTE_ON=shadow)"
+        )
+        draft.update(status="drift", decision="kept_champion", reason="; ".join(reasons))
+        return
     if not challenger.promote:
         draft.update(status="drift", decision="kept_champion")
         return
     await run_step(promote_challenger, settings=settings, engine=engine, version=challenger.version)
     draft.update(status="drift", decision="promoted")
+
+
+async def _judge_shadow_only(
+    draft: _Draft, run_step: StepRunner, *, settings: Settings, engine: Engine
+) -> None:
+    """No fresh batch: the shadow challenger can still have earned its promotion."""
+    verdict: ShadowVerdict | None = await run_step(judge_shadow, settings=settings, engine=engine)
+    if verdict is None:
+        return
+    draft.update(reason=f"{draft.run.reason}; {verdict.reason}")
+    if verdict.promote:
+        await _promote_shadow(draft, run_step, settings, engine, verdict)
+
+
+async def _promote_shadow(
+    draft: _Draft,
+    run_step: StepRunner,
+    settings: Settings,
+    engine: Engine,
+    verdict: ShadowVerdict,
+) -> None:
+    await run_step(
+        promote_challenger, settings=settings, engine=engine, version=verdict.challenger_version
+    )
+    draft.update(
+        decision="promoted",
+        new_version=verdict.challenger_version,
+        new_accuracy=verdict.challenger_accuracy,
+        # Not its held-out rows here: the same labelled live rows as the challenger.
+        champion_accuracy_on_holdout=verdict.champion_accuracy,
+    )
 
 
 def _describe(exc: BaseException) -> str:

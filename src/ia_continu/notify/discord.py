@@ -73,6 +73,8 @@ def build_run_embed(run: Mapping[str, Any], *, mlflow_url: str | None = None) ->
             "value": f"[run MLflow]({mlflow_url})" if mlflow_url else "non enregistré",
             "inline": False,
         },
+        # Which labelled rows the run learned from (feedback, upload, generated, none).
+        {"name": "Données", "value": _data_text(run), "inline": False},
     ]
     embed: dict[str, Any] = {
         "title": TITLE,
@@ -88,6 +90,23 @@ def build_run_embed(run: Mapping[str, Any], *, mlflow_url: str | None = None) ->
     elif isinstance(started, str):
         embed["timestamp"] = started
     return embed
+
+
+DATA_SOURCE_LABELS = {
+    "feedback": "trafic étiqueté (feedback)",
+    "upload": "jeu importé (upload)",
+    "generated": "lot généré",
+}
+
+
+def _data_text(run: Mapping[str, Any]) -> str:
+    source = run.get("data_source")
+    if not source:
+        return "aucune donnée fraîche"
+    text = DATA_SOURCE_LABELS.get(str(source), str(source))
+    if run.get("labelled_samples") is not None:
+        text += f" · {run['labelled_samples']} lignes"
+    return text
 
 
 def _drift_text(run: Mapping[str, Any]) -> str:
