@@ -359,4 +359,6 @@ def test_dashboard_realized_accuracy_chart_from_feedback(
     assert held_out is not None
     canvas = page.locator("#chart-realized canvas")
     expect(canvas).to_have_count(1)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#chart-realized").screenshot(path=str(ARTIFACTS / "dashboard-realized.png"))
     assert console.errors == []

@@ -481,7 +481,13 @@
     const values = [];
     for (const v of versions) for (const n of ["acc:", "held:"]) values.push(...rows.map((r) => r[n + v]).filter(isNum));
     const low = values.length ? Math.min(...values) : 0.5;
-    const meta = { y: [Math.max(0, low - 0.05), 1] };
+    // The requested window, not the data's span: one bucket alone would otherwise span years.
+    const now = Date.now() / 1000;
+    const x = [
+      toSeconds(body && body.since) || now - REALIZED_HOURS * 3600,
+      Math.max(toSeconds(body && body.until) || now, ...rows.map((r) => r.x + half)), // the last bucket whole
+    ];
+    const meta = { x, y: [Math.max(0, low - 0.05), 1] };
     let note = null;
     if (state.realizedUnavailable) note = "This API has no GET /predictions/performance/timeseries.";
     else if (state.realizedError) note = "Realized accuracy could not be read: " + state.realizedError;
@@ -491,12 +497,17 @@
     versions.forEach((v, i) => {
       const color = VERSION_COLORS[i % VERSION_COLORS.length];
       series.push(line(v + " realized", color));
-      series.push(thresholdLine(v + " held-out", color, [6, 4]));
+      // Points too: a version that served in one bucket only has no segment to draw.
+      series.push(Object.assign(thresholdLine(v + " held-out", color, [6, 4]), { points: { show: true, size: 4 } }));
     });
     renderChart(
       "chart-realized",
       (m) => ({
-        scales: { x: { time: true }, y: { range: () => m.current.y }, cov: { range: [0, 1] } },
+        scales: {
+          x: { time: true, range: () => m.current.x },
+          y: { range: () => m.current.y },
+          cov: { range: [0, 1] },
+        },
         axes: [
           timeAxis(),
           axis("accuracy", (u, ticks) => ticks.map((t) => t.toFixed(2))),
