@@ -167,8 +167,10 @@ def resolve_window(
     responses={422: _E, 503: _E},
 )
 async def predictions_performance(
-    since: Annotated[datetime | None, Query(description="ISO 8601; default until - 7 days")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601; default now")] = None,
+    since: Annotated[
+        DateTimeQuery | None, Query(description="RFC 3339; default until - 7 days")
+    ] = None,
+    until: Annotated[DateTimeQuery | None, Query(description="RFC 3339; default now")] = None,
     version: Annotated[
         str | None,
         # No NUL: PostgreSQL refuses it in a text parameter (a 503 instead of a 422).
