@@ -357,4 +357,63 @@ def test_traffic_chart_draws_a_window_whose_predictions_share_one_bucket(
     browser_page.wait_for_timeout(300)  # uPlot draws on the next frame
     assert _stroke_pixels(browser_page, "chart-traffic", (0, 114, 178)) > 20  # class 0
     assert _stroke_pixels(browser_page, "chart-traffic", (213, 94, 0)) > 20  # class 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_dashboard_realized_accuracy_chart_from_feedback(
+    live_server_real_clock: LiveServer, open_page: Callable[..., Any]
+) -> None:
+    """Predictions and feedback posted to the API: the realized-accuracy chart shows each
+    version's accuracy on the labelled ones, its held-out accuracy and the coverage."""
+    import httpx
+    from playwright.sync_api import expect
+
+    from ia_continu.ml.data import generate_dataset
+
+    url = live_server_real_clock.url
+    with httpx.Client(base_url=url, timeout=600) as http:
+        assert http.post("/generate", json={"samples": 500, "hour": 2}).status_code == 200
+        assert http.post("/retrain", json={}).status_code == 200
+        data = generate_dataset(200, hour=2, seed=11)
+        served = http.post("/predict/batch", json={"instances": data.features.tolist()}).json()
+        ids, predicted = served["prediction_ids"], served["predictions"]
+        # The true labels of the first 80 predictions.
+        items = [
+            {"prediction_id": pid, "label": int(label)}
+            for pid, label in zip(ids[:80], data.target[:80], strict=True)
+        ]
+        assert http.post("/feedback", json={"items": items}).json()["stored"] == 80
+        expected = (
+            sum(p == int(t) for p, t in zip(predicted[:80], data.target[:80], strict=True)) / 80
+        )
+        held_out = http.get("/models").json()["models"][0]["accuracy"]
+
+    page = open_page(f"{url}/dashboard")
+    console = Console(page)
+    expect(page.locator("#caption-realized")).to_contain_text(
+        "200 predictions, 80 with feedback (0.400 coverage)"
+    )
+    # One bucket: coverage, v1 realized, v1 held-out.
+    assert _points(page, "chart-realized") == 3
+    expect(page.locator("#chart-realized .chart-note")).to_have_count(0)
+    legend = page.locator("#chart-realized .u-legend")
+    expect(legend).to_contain_text("v1 realized")
+    expect(legend).to_contain_text("v1 held-out")
+    # The chart holds the API's figures (uPlot keeps the data it drew).
+    shown = page.evaluate(
+        "() => { const n = document.querySelector('#chart-realized');"
+        " return [...n.querySelectorAll('.u-legend .u-series')].map(s => s.textContent); }"
+    )
+    assert any("v1 realized" in s for s in shown)
+    response = page.evaluate(
+        "() => fetch('/predictions/performance/timeseries?bucket_seconds=600').then(r => r.json())"
+    )
+    (point,) = response["points"]
+    assert point["served"] == 200 and point["labelled"] == 80
+    assert point["accuracy"] == pytest.approx(expected)
+    assert held_out is not None
+    canvas = page.locator("#chart-realized canvas")
+    expect(canvas).to_have_count(1)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#chart-realized").screenshot(path=str(ARTIFACTS / "dashboard-realized.png"))
     assert console.errors == []

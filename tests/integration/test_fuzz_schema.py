@@ -46,11 +46,18 @@ def _performance_window_rule(query: dict[str, Any]) -> bool:
     return "since" in query or "until" in query
 
 
+def _performance_buckets_rule(query: dict[str, Any]) -> bool:
+    # The window rule, and at most 2,000 buckets (the default window is 7 days).
+    buckets = 7 * 86_400 / int(query.get("bucket_seconds", 3600))
+    return _performance_window_rule(query) or buckets > 2_000
+
+
 # Rules OpenAPI cannot express (a relation between two parameters, stated in the
 # operation's description): the only 422s a schema-valid request may get there.
 CROSS_PARAMETER_RULES = {
     "GET /predictions/timeseries": _too_many_buckets,
     "GET /predictions/performance": _performance_window_rule,
+    "GET /predictions/performance/timeseries": _performance_buckets_rule,
 }
 
 

@@ -87,3 +87,21 @@ class PerformanceResponse(BaseModel):
         description="labels received in the window whose prediction_id matches no logged "
         "prediction (0 with a version filter)"
     )
+
+
+class PerformanceBucketPoint(BaseModel):
+    t: datetime = Field(description="start of the bucket (UTC)")
+    model_version: str
+    served: int = Field(description="predictions this version served in the bucket")
+    labelled: int = Field(description="of which have feedback")
+    coverage: float = Field(description="labelled / served")
+    accuracy: float | None = Field(description="realized, on the labelled ones; null without")
+
+
+class PerformanceTimeseriesResponse(BaseModel):
+    since: datetime
+    until: datetime
+    bucket_seconds: int
+    points: list[PerformanceBucketPoint] = Field(
+        description="per bucket and model version, oldest first; buckets without traffic are absent"
+    )

@@ -262,3 +262,58 @@ def _add_confusion(confusion: Confusion, predicted: Any, labels: Any) -> None:
 
 def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --- realized accuracy over time (the dashboard's chart) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceBucket:
+    start: datetime
+    model_version: str
+    served: int
+    labelled: int
+    correct: int  # labelled predictions whose served class equals the label
+
+
+def read_performance_buckets(
+    engine: Engine, *, since: datetime, until: datetime, bucket_seconds: int
+) -> list[PerformanceBucket]:
+    """Per time bucket (aligned on multiples of ``bucket_seconds`` since the epoch, by the
+    prediction's ``created_at`` in [since, until)) and model version: predictions served,
+    labelled, and labelled correctly. Oldest first; buckets without traffic are absent."""
+    from ia_continu.db.tables import feedback, predictions
+
+    width = int(bucket_seconds)
+    if width < 1:
+        raise ValueError("bucket_seconds must be >= 1")
+    p, f = predictions.c, feedback.c
+    if engine.dialect.name == "sqlite":
+        # Whole seconds from the stored text (as repository.count_predictions_by_bucket).
+        seconds: Any = sa.cast(
+            sa.func.strftime("%s", sa.func.substr(p.created_at, 1, 19)), sa.Integer
+        )
+    else:
+        seconds = sa.cast(sa.func.floor(sa.extract("epoch", p.created_at)), sa.BigInteger)
+    literal_width = sa.literal_column(str(width), sa.BigInteger)
+    bucket = ((seconds // literal_width) * literal_width).label("bucket")
+    correct = sa.func.sum(sa.case((p.prediction == f.label, 1), else_=0))
+    stmt = (
+        sa.select(bucket, p.model_version, sa.func.count(), sa.func.count(f.label), correct)
+        .select_from(predictions.outerjoin(feedback, p.prediction_id == f.prediction_id))
+        .where(p.created_at >= _as_utc(since), p.created_at < _as_utc(until))
+        .group_by(bucket, p.model_version)
+        .order_by(bucket, p.model_version)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    return [
+        PerformanceBucket(
+            start=datetime.fromtimestamp(int(start), UTC),
+            model_version=version,
+            served=int(n),
+            labelled=int(n_lab),
+            correct=int(ok or 0),
+        )
+        for start, version, n, n_lab, ok in rows
+    ]

@@ -25,7 +25,9 @@ from ia_continu.api.schemas_feedback import (
     FeedbackBatch,
     FeedbackItem,
     FeedbackResponse,
+    PerformanceBucketPoint,
     PerformanceResponse,
+    PerformanceTimeseriesResponse,
     ShadowMetrics,
     ShadowPerformance,
     VersionPerformance,
@@ -387,3 +389,61 @@ def _compute_gauges(state: AppState) -> bytes:
             yield orphans
 
     return generate_latest(_Collector())
+
+
+MAX_PERFORMANCE_BUCKETS = 2_000  # (until - since) / bucket_seconds, per request
+
+
+@router.get(
+    "/predictions/performance/timeseries",
+    response_model=PerformanceTimeseriesResponse,
+    responses={422: _E, 503: _E},
+)
+async def predictions_performance_timeseries(
+    since: Annotated[
+        DateTimeQuery | None, Query(description="RFC 3339; default until - 7 days")
+    ] = None,
+    until: Annotated[DateTimeQuery | None, Query(description="RFC 3339; default now")] = None,
+    bucket_seconds: Annotated[
+        int, Query(ge=60, le=86_400, description="bucket width in seconds")
+    ] = 3600,
+    state: AppState = Depends(get_state),
+) -> PerformanceTimeseriesResponse:
+    """Realized accuracy over time: per bucket (by prediction time) and model version, the
+    predictions served, how many have feedback (coverage), and the accuracy on those.
+    At most 2,000 buckets: ``(until - since) / bucket_seconds <= 2000``, else 422."""
+    start, end = resolve_window(since, until, datetime.now(UTC))
+    if (end - start).total_seconds() / bucket_seconds > MAX_PERFORMANCE_BUCKETS:
+        raise _invalid_query(
+            "bucket_seconds",
+            f"too many buckets: (until - since) / bucket_seconds must be "
+            f"<= {MAX_PERFORMANCE_BUCKETS}",
+            bucket_seconds,
+        )
+    if state.predlog is not None:  # read-your-writes for what this process served
+        await asyncio.shield(state.predlog.flush())
+    from ia_continu.db.feedback import read_performance_buckets
+
+    buckets = await asyncio.to_thread(
+        read_performance_buckets,
+        state.engine,
+        since=start,
+        until=end,
+        bucket_seconds=bucket_seconds,
+    )
+    return PerformanceTimeseriesResponse(
+        since=start,
+        until=end,
+        bucket_seconds=bucket_seconds,
+        points=[
+            PerformanceBucketPoint(
+                t=b.start,
+                model_version=b.model_version,
+                served=b.served,
+                labelled=b.labelled,
+                coverage=b.labelled / b.served if b.served else 0.0,
+                accuracy=b.correct / b.labelled if b.labelled else None,
+            )
+            for b in buckets
+        ],
+    )

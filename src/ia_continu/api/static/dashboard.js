@@ -44,6 +44,9 @@
     trafficError: null,
     hist: null,
     histError: null,
+    realized: null, // /predictions/performance/timeseries body
+    realizedUnavailable: false,
+    realizedError: null,
   };
 
   // --- HTTP ---------------------------------------------------------------------------
@@ -440,6 +443,105 @@
     const map = new Map();
     for (const m of (state.models && state.models.models) || []) map.set(m.version, m);
     return map;
+  }
+
+  const REALIZED_HOURS = 24;
+  const REALIZED_BUCKET = 600; // seconds: 144 buckets over 24 h
+  const REALIZED_VERSIONS = 4; // the versions that served most recently
+
+  /* Realized accuracy (served class vs feedback label) per model version and time bucket,
+   * each beside its held-out accuracy (dashed), with the label coverage on the right axis. */
+  function renderRealizedChart() {
+    const body = state.realized;
+    const points = (body && body.points) || [];
+    const models = modelsByVersion();
+    const lastSeen = new Map();
+    for (const p of points) lastSeen.set(p.model_version, toSeconds(p.t));
+    const versions = [...lastSeen.entries()]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, REALIZED_VERSIONS)
+      .map((e) => e[0])
+      .sort();
+    const half = ((body && body.bucket_seconds) || REALIZED_BUCKET) / 2;
+    const byX = new Map();
+    for (const p of points) {
+      const x = toSeconds(p.t) + half;
+      let row = byX.get(x);
+      if (!row) {
+        row = { x, served: 0, labelled: 0 };
+        byX.set(x, row);
+      }
+      row.served += p.served;
+      row.labelled += p.labelled;
+      if (!versions.includes(p.model_version)) continue;
+      row["acc:" + p.model_version] = p.accuracy;
+      const model = models.get(p.model_version);
+      if (model && isNum(model.accuracy)) row["held:" + p.model_version] = model.accuracy;
+    }
+    const rows = [...byX.values()];
+    for (const r of rows) r.coverage = r.served ? r.labelled / r.served : null;
+    const names = ["coverage"];
+    for (const v of versions) names.push("acc:" + v, "held:" + v);
+    const data = toColumns(rows, names, null);
+    const values = [];
+    for (const v of versions) for (const n of ["acc:", "held:"]) values.push(...rows.map((r) => r[n + v]).filter(isNum));
+    const low = values.length ? Math.min(...values) : 0.5;
+    // The requested window, not the data's span: one bucket alone would otherwise span years.
+    const now = Date.now() / 1000;
+    const x = [
+      toSeconds(body && body.since) || now - REALIZED_HOURS * 3600,
+      Math.max(toSeconds(body && body.until) || now, ...rows.map((r) => r.x + half)), // the last bucket whole
+    ];
+    const meta = { x, y: [Math.max(0, low - 0.05), 1] };
+    let note = null;
+    if (state.realizedUnavailable) note = "This API has no GET /predictions/performance/timeseries.";
+    else if (state.realizedError) note = "Realized accuracy could not be read: " + state.realizedError;
+    else if (!points.length) note = "No predictions in the last " + REALIZED_HOURS + " h.";
+    else if (!values.length) note = "No feedback yet: POST /feedback with the prediction ids.";
+    const series = [{}, Object.assign(line("label coverage", C.grey, { width: 1.5, scale: "cov" }), { dash: [2, 3] })];
+    versions.forEach((v, i) => {
+      const color = VERSION_COLORS[i % VERSION_COLORS.length];
+      series.push(line(v + " realized", color));
+      // Points too: a version that served in one bucket only has no segment to draw.
+      series.push(Object.assign(thresholdLine(v + " held-out", color, [6, 4]), { points: { show: true, size: 4 } }));
+    });
+    renderChart(
+      "chart-realized",
+      (m) => ({
+        scales: {
+          x: { time: true, range: () => m.current.x },
+          y: { range: () => m.current.y },
+          cov: { range: [0, 1] },
+        },
+        axes: [
+          timeAxis(),
+          axis("accuracy", (u, ticks) => ticks.map((t) => t.toFixed(2))),
+          Object.assign(axis("label coverage", (u, ticks) => ticks.map((t) => Math.round(t * 100) + "%")), {
+            scale: "cov",
+            side: 1,
+            grid: { show: false },
+          }),
+        ],
+        series,
+        legend: { live: true },
+      }),
+      data,
+      meta,
+      note
+    );
+    const totals = rows.reduce((a, r) => [a[0] + r.served, a[1] + r.labelled], [0, 0]);
+    const caption = [];
+    if (totals[0]) {
+      caption.push(
+        "Last " + REALIZED_HOURS + " h: " + totals[0] + " predictions, " + totals[1] + " with feedback (" +
+          fmt(totals[1] / totals[0]) + " coverage)."
+      );
+    }
+    caption.push(
+      "Solid: accuracy of what each version served, on the predictions that received a label (10-minute buckets, " +
+        "by prediction time). Dashed: its held-out accuracy at training. Grey: share of predictions labelled (right axis)."
+    );
+    $("caption-realized").textContent = caption.join(" ");
   }
 
   function renderAccuracyChart() {
@@ -913,7 +1015,7 @@
     renderHeader();
     renderModelsTable();
     renderRunsTable();
-    for (const render of [renderAccuracyChart, renderDriftCharts, renderTrafficChart, renderHistograms]) {
+    for (const render of [renderAccuracyChart, renderRealizedChart, renderDriftCharts, renderTrafficChart, renderHistograms]) {
       try {
         render();
       } catch (error) {
@@ -979,6 +1081,24 @@
     );
   }
 
+  async function loadRealized() {
+    const since = new Date(Date.now() - REALIZED_HOURS * 3600 * 1000).toISOString();
+    try {
+      state.realized = await getJSON(
+        "/predictions/performance/timeseries?bucket_seconds=" + REALIZED_BUCKET + "&since=" + encodeURIComponent(since)
+      );
+      state.realizedUnavailable = false;
+      state.realizedError = null;
+    } catch (error) {
+      if (error instanceof HttpError && (error.status === 404 || error.status === 405)) {
+        state.realized = null;
+        state.realizedUnavailable = true;
+      } else {
+        state.realizedError = error.detail || error.message;
+      }
+    }
+  }
+
   async function loadHistograms() {
     try {
       state.hist = await getJSON("/dashboard/histograms?bins=" + HIST_BINS);
@@ -1019,7 +1139,7 @@
     inflight = (async () => {
       do {
         again = false;
-        await Promise.allSettled([loadHealth(), loadModels(), loadRuns(), loadTraffic(), loadHistograms()]);
+        await Promise.allSettled([loadHealth(), loadModels(), loadRuns(), loadTraffic(), loadRealized(), loadHistograms()]);
         renderAll();
       } while (again);
       $("last-refresh").textContent = "Updated " + new Date().toLocaleTimeString();
