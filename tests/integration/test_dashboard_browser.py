@@ -357,6 +357,7 @@ def test_traffic_chart_draws_a_window_whose_predictions_share_one_bucket(
     browser_page.wait_for_timeout(300)  # uPlot draws on the next frame
     assert _stroke_pixels(browser_page, "chart-traffic", (0, 114, 178)) > 20  # class 0
     assert _stroke_pixels(browser_page, "chart-traffic", (213, 94, 0)) > 20  # class 1
+    assert console.errors == []
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
