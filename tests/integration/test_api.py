@@ -222,7 +222,15 @@ def test_evaluate_errors(client: Any) -> None:
 
 
 def test_models_lists_versions_and_active(client: Any) -> None:
-    assert client.get("/models").json() == {"models": [], "active_version": None}
+    assert client.get("/models").json() == {
+        "models": [],
+        "active_version": None,
+        # Paging (additive to the seed's two fields): docs/operations-disk.md.
+        "total": 0,
+        "limit": 50,
+        "offset": 0,
+        "active_model": None,
+    }
     _train(client, seed=1)
     _train(client, seed=2)
     body = client.get("/models").json()
