@@ -235,7 +235,9 @@ def list_models(
     limit: Annotated[
         int, Query(ge=1, le=MODELS_PAGE_MAX, description="versions per page (newest first)")
     ] = MODELS_PAGE_DEFAULT,
-    offset: Annotated[int, Query(ge=0, description="versions to skip, newest first")] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=2**31 - 1, description="versions to skip, newest first")
+    ] = 0,
     state: AppState = Depends(get_state),
 ) -> ModelsResponse:
     """Trained versions with their held-out metrics, newest first, one page at a time
