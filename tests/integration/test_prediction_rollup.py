@@ -109,6 +109,26 @@ def test_rollup_keeps_means_finite_for_features_near_float_max(db: Any) -> None:
         assert summary.feature2_mean == pytest.approx(3.0)
 
 
+@BOTH
+def test_rollup_survives_features_near_the_smallest_floats(db: Any) -> None:
+    """PostgreSQL refused 1e-300 * 2**-64 ("value out of range: underflow"): the stats of
+    a window holding such an input answered 503 (found by the schema fuzzer)."""
+    now_us = int(NOW.timestamp() * 1_000_000)
+    repo.insert_predictions(
+        db,
+        [
+            (now_us - 2_000_000, 1e-300, 5e-310, 1, 1.0, "v1"),
+            (now_us - 1_000_000, 3e-300, -5e-310, 0, 1.0, "v1"),
+        ],
+    )
+    # Mid-minute: the first partial minute is summed from the raw rows in SQL.
+    for since in (NOW - timedelta(minutes=5), NOW - timedelta(seconds=90.5)):
+        summary = rollup.summarize_predictions(db, since=since)
+        assert summary.count == 2
+        assert summary.feature1_mean == pytest.approx(2e-300, rel=1e-6)
+        assert summary.feature2_mean is not None and abs(summary.feature2_mean) < 1e-300
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_rollup_forgets_minutes_older_than_the_longest_window(db: Any) -> None:
     old = int((NOW - timedelta(days=10)).timestamp() * 1_000_000)

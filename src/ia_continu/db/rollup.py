@@ -125,18 +125,34 @@ _ROLLUP_STATS = (
     .where(_R.minute >= sa.bindparam("from_minute"))
     .group_by(_R.model_version, _R.prediction)
 )
-_RAW_STATS = (
-    sa.select(
-        _P.model_version,
-        _P.prediction,
-        sa.func.count(),
-        sa.func.sum(_P.confidence),
-        sa.func.sum(_P.feature1 * sa.literal_column(repr(FEATURE_SCALE))),
-        sa.func.sum(_P.feature2 * sa.literal_column(repr(FEATURE_SCALE))),
+
+
+def _raw_stats(exact: bool) -> sa.Select[Any]:
+    """Stats of the raw rows of the first, partial minute. ``exact`` (PostgreSQL): the
+    features are cast to NUMERIC first, because PostgreSQL raises "value out of range:
+    underflow" when a float product leaves the normal range (1e-300 * 2**-64), which
+    made the stats answer 503; the numeric product is exact. SQLite's CAST AS NUMERIC
+    would round, and its float product never raises."""
+
+    def scaled(column: Any) -> Any:
+        value = sa.cast(column, sa.Numeric) if exact else column
+        return sa.func.sum(value * sa.literal_column(repr(FEATURE_SCALE)))
+
+    return (
+        sa.select(
+            _P.model_version,
+            _P.prediction,
+            sa.func.count(),
+            sa.func.sum(_P.confidence),
+            scaled(_P.feature1),
+            scaled(_P.feature2),
+        )
+        .where(_P.created_at >= sa.bindparam("since"), _P.created_at < sa.bindparam("until"))
+        .group_by(_P.model_version, _P.prediction)
     )
-    .where(_P.created_at >= sa.bindparam("since"), _P.created_at < sa.bindparam("until"))
-    .group_by(_P.model_version, _P.prediction)
-)
+
+
+_RAW_STATS = {exact: _raw_stats(exact) for exact in (False, True)}
 
 
 @lru_cache(maxsize=32)
@@ -172,7 +188,8 @@ def summarize_predictions(engine: Engine, *, since: datetime) -> Any:
 
     minute, boundary = _boundary(since)
     with engine.connect() as conn:
-        raw = conn.execute(_RAW_STATS, {"since": since.astimezone(UTC), "until": boundary})
+        stats = _RAW_STATS[conn.dialect.name == "postgresql"]
+        raw = conn.execute(stats, {"since": since.astimezone(UTC), "until": boundary})
         groups = _groups(raw) + _groups(conn.execute(_ROLLUP_STATS, {"from_minute": minute}))
     per_version: dict[str, list[float]] = {}
     count = class_1 = 0

@@ -205,7 +205,8 @@ def run_traffic_simulation(
         runs: list[tuple[int, Any]] = []  # (end minute, run)
         labelled_hits = labelled_total = 0
         steps = -(-hours * 60 // monitor_every_minutes)
-        with TestClient(app) as client:
+        # A loopback Host: keyless mode refuses others (DNS-rebinding defence, api/guard.py).
+        with TestClient(app, base_url="http://127.0.0.1") as client:
             state = app.state.ia
             for step in range(steps):
                 start = step * monitor_every_minutes

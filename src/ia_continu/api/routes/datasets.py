@@ -9,10 +9,12 @@ and column, and nothing is stored.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from ia_continu.api.body import body_openapi, parse_body
 from ia_continu.api.schemas import (
@@ -22,6 +24,15 @@ from ia_continu.api.schemas import (
 )
 from ia_continu.api.state import AppState
 from ia_continu.ml.data import MAX_SAMPLES, MIN_SAMPLES
+
+
+def _require_digits(value: object) -> object:
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError("int_parsing", "Input should be a whole number of hours, 0 to 23")
+    return value
+
+
+HourQuery = Annotated[int, Field(ge=0, le=23), BeforeValidator(_require_digits)]
 
 router = APIRouter()
 _E = {"model": ErrorResponse}
@@ -40,10 +51,10 @@ _COLUMNS = ("feature1", "feature2", "target")
 )
 async def upload_dataset(
     request: Request,
-    # A plain int: query values are text, and the body's Hour type refuses strings.
-    hour: int | None = Query(
-        None, ge=0, le=23, description="text/csv only: hour the rows were observed"
-    ),
+    # Query values are text: digits only (pydantic's lax int also took "1.0").
+    hour: Annotated[
+        HourQuery | None, Query(description="text/csv only: hour the rows were observed")
+    ] = None,
 ) -> DatasetUploadResponse:
     """Store 100 to 10,000 labelled rows (JSON or CSV) as a dataset with ``source``
     "upload": /retrain trains on it with its ``generation_id``, and the monitoring flow

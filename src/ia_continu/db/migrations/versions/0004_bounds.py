@@ -19,6 +19,12 @@ depends_on = None
 _SCALE = "5.421010862427522e-20"
 
 
+def _scaled(column: str) -> str:
+    # PostgreSQL raises "value out of range: underflow" when a float product leaves the
+    # normal range (1e-300 * 2**-64); such a value adds nothing visible to a mean.
+    return f"CASE WHEN abs({column}) < 1e-250 THEN 0 ELSE {column} * {_SCALE} END"
+
+
 def upgrade() -> None:
     op.create_table(
         "prediction_rollup",
@@ -41,7 +47,7 @@ def upgrade() -> None:
         "INSERT INTO prediction_rollup (minute, model_version, prediction, count, "
         "confidence_sum, feature1_sum, feature2_sum) "
         f"SELECT {minute} AS m, model_version, prediction, count(*), sum(confidence), "
-        f"sum(feature1 * {_SCALE}), sum(feature2 * {_SCALE}) FROM predictions "
+        f"sum({_scaled('feature1')}), sum({_scaled('feature2')}) FROM predictions "
         f"WHERE created_at >= {since} GROUP BY m, model_version, prediction"
     )
 
