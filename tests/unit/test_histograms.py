@@ -64,3 +64,22 @@ def test_compute_feature_histograms_rejects_bins_out_of_range(bins: int) -> None
 def test_compute_feature_histograms_rejects_wrong_shape() -> None:
     with pytest.raises(ValueError, match="shape"):
         compute_feature_histograms(np.zeros((3, 3)), None, bins=5)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1.7e308, -1.7e308, 0.0],  # the span overflows a float
+        [1e-300, 5e-324, 2e-300],  # widths below the smallest float
+        [-4.8e16, -4.8e16],  # one value
+    ],
+)
+def test_extreme_values_get_finite_edges_and_every_row_counted(values: list[float]) -> None:
+    """An uploaded dataset with such values made /dashboard/histograms answer 500
+    (numpy: "Too many bins for data range"); found by the schema fuzzer."""
+    sample = np.array([[v, 0.0] for v in values])
+    result = compute_feature_histograms(sample, sample, bins=30)
+    edges = result["feature1"].edges
+    assert len(edges) == 31 and all(np.isfinite(edges))
+    assert sum(result["feature1"].reference or []) == len(values)
+    assert sum(result["feature1"].latest or []) == len(values)

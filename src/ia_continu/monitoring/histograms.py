@@ -52,7 +52,7 @@ def compute_feature_histograms(
         pooled = np.concatenate([c for c in (ref_col, cur_col) if c is not None])
         if pooled.size == 0:
             continue
-        edges = np.histogram_bin_edges(pooled, bins=bins)
+        edges = _bin_edges(pooled, bins)
         result[name] = FeatureHistogram(
             edges=[float(e) for e in edges],
             reference=_counts(ref_col, edges),
@@ -70,10 +70,30 @@ def _finite_column(sample: NDArray[np.float64] | None, index: int) -> NDArray[np
     return column[np.isfinite(column)]
 
 
+def _bin_edges(pooled: NDArray[np.float64], bins: int) -> NDArray[np.float64]:
+    """Equal-width edges over the data. numpy refuses spans a float cannot divide into
+    ``bins`` finite widths: near ±1.8e308 the span overflows, below ~1e-300 the widths
+    vanish (a ValueError: the route answered 500 for an uploaded dataset)."""
+    lo, hi = float(pooled.min()), float(pooled.max())
+    with np.errstate(all="ignore"):
+        if np.isfinite(hi - lo) and hi - lo > abs(lo) * 1e-12:
+            edges = np.linspace(lo, hi, bins + 1)
+        else:  # halve the ends, then double the edges: no intermediate overflows
+            edges = np.linspace(lo / 2, hi / 2, bins + 1) * 2
+    if np.all(np.isfinite(edges)) and np.all(np.diff(edges) > 0):
+        return edges
+    # A span too small to split (or a single value): one unit around it.
+    return np.linspace(lo - 0.5, lo + 0.5, bins + 1)
+
+
 def _counts(column: NDArray[np.float64] | None, edges: NDArray[np.float64]) -> list[int] | None:
     if column is None:
         return None
-    counts, _ = np.histogram(column, bins=edges)
+    # Bin by comparison, not by (x - first edge) / width as np.histogram does (which
+    # overflows near ±1.8e308); the last bin includes its right edge, as numpy's does.
+    index = np.searchsorted(edges, column, side="right") - 1
+    index = np.clip(index, 0, len(edges) - 2)
+    counts = np.bincount(index, minlength=len(edges) - 1)
     return [int(c) for c in counts]
 
 
