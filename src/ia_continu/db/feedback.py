@@ -282,21 +282,14 @@ def read_performance_buckets(
     """Per time bucket (aligned on multiples of ``bucket_seconds`` since the epoch, by the
     prediction's ``created_at`` in [since, until)) and model version: predictions served,
     labelled, and labelled correctly. Oldest first; buckets without traffic are absent."""
+    from ia_continu.db.repository import time_bucket
     from ia_continu.db.tables import feedback, predictions
 
     width = int(bucket_seconds)
     if width < 1:
         raise ValueError("bucket_seconds must be >= 1")
     p, f = predictions.c, feedback.c
-    if engine.dialect.name == "sqlite":
-        # Whole seconds from the stored text (as repository.count_predictions_by_bucket).
-        seconds: Any = sa.cast(
-            sa.func.strftime("%s", sa.func.substr(p.created_at, 1, 19)), sa.Integer
-        )
-    else:
-        seconds = sa.cast(sa.func.floor(sa.extract("epoch", p.created_at)), sa.BigInteger)
-    literal_width = sa.literal_column(str(width), sa.BigInteger)
-    bucket = ((seconds // literal_width) * literal_width).label("bucket")
+    bucket = time_bucket(p.created_at, width, dialect=engine.dialect.name)
     correct = sa.func.sum(sa.case((p.prediction == f.label, 1), else_=0))
     stmt = (
         sa.select(bucket, p.model_version, sa.func.count(), sa.func.count(f.label), correct)

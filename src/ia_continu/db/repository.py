@@ -957,6 +957,21 @@ def summarize_predictions(engine: Engine, *, since: datetime) -> PredictionSumma
     )
 
 
+def time_bucket(column: Any, width: int, *, dialect: str) -> Any:
+    """The start (epoch seconds) of the ``width``-second bucket holding a stored time,
+    labelled "bucket"; shared by every bucketed query over the prediction log."""
+    if dialect == "sqlite":
+        # Whole seconds from the stored text: strftime would round .9995 s up to the
+        # next second (and so, sometimes, into the next bucket).
+        seconds: Any = sa.cast(sa.func.strftime("%s", sa.func.substr(column, 1, 19)), sa.Integer)
+    else:
+        seconds = sa.cast(sa.func.floor(sa.extract("epoch", column)), sa.BigInteger)
+    # The width inlined, not bound: PostgreSQL must see the same expression in SELECT and
+    # GROUP BY, and two bound parameters are two different expressions to it.
+    literal_width = sa.literal_column(str(width), sa.BigInteger)
+    return ((seconds // literal_width) * literal_width).label("bucket")
+
+
 def count_predictions_by_bucket(
     engine: Engine, *, since: datetime, bucket_seconds: int, until: datetime | None = None
 ) -> list[PredictionBucket]:
@@ -967,18 +982,7 @@ def count_predictions_by_bucket(
     if width < 1:
         raise ValueError("bucket_seconds must be >= 1")
     p = predictions.c
-    if engine.dialect.name == "sqlite":
-        # Whole seconds from the stored text: strftime would round .9995 s up to the
-        # next second (and so, sometimes, into the next bucket).
-        seconds: Any = sa.cast(
-            sa.func.strftime("%s", sa.func.substr(p.created_at, 1, 19)), sa.Integer
-        )
-    else:
-        seconds = sa.cast(sa.func.floor(sa.extract("epoch", p.created_at)), sa.BigInteger)
-    # The width inlined, not bound: PostgreSQL must see the same expression in SELECT and
-    # GROUP BY, and two bound parameters are two different expressions to it.
-    literal_width = sa.literal_column(str(width), sa.BigInteger)
-    bucket = ((seconds // literal_width) * literal_width).label("bucket")
+    bucket = time_bucket(p.created_at, width, dialect=engine.dialect.name)
     class_1 = sa.func.sum(sa.case((p.prediction == 1, 1), else_=0))
     stmt = (
         sa.select(bucket, p.model_version, sa.func.count(), class_1)
