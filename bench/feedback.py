@@ -2,8 +2,9 @@
 ``python -m bench.feedback [--smoke]``).
 
 - the prediction id generator, ns per id, beside ``str(uuid.uuid4())`` in the same loop;
-- /predict with ids + logging against the previous main commit (the merge base, started
-  from a temporary ``git worktree``), alternating wrk rounds, one worker each;
+- /predict with ids + logging against the commit just before prediction ids were added (the
+  parent of the commit that created ``api/ids.py``, started from a temporary ``git worktree``;
+  ``--baseline REF`` picks another), alternating wrk rounds, one worker each;
 - POST /feedback with 10,000 items (fresh ids each time: every row is an insert);
 - GET /predictions/performance over 1,000,000 logged predictions with 300,000 labels
   (SQLite file; PostgreSQL too when the local server answers).
@@ -82,19 +83,50 @@ def bench_ids(rounds: int = 5, n: int = 100_000) -> dict[str, float]:
 
 
 def bench_predict_ab(
-    wrk: str | None, work: Path, rounds: int, seconds: float, connections: int = 8
+    wrk: str | None,
+    work: Path,
+    rounds: int,
+    seconds: float,
+    connections: int = 8,
+    baseline: str = "",
 ) -> dict[str, Any]:
     if wrk is None:
         return {"skipped": "wrk unavailable"}
-    # The baseline: where this branch left main (main itself once merged). No git
-    # checkout (an installed copy, an image): nothing to compare with, said so.
-    found = subprocess.run(
-        ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True
-    )
+    # The baseline: the tree just before prediction ids existed (the parent of the commit
+    # that added api/ids.py). Comparing with the merge base stopped meaning anything once
+    # the feature was on main (HEAD against itself). No git checkout (an installed copy,
+    # an image): nothing to compare with, said so.
+    if baseline:
+        found = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{baseline}^{{commit}}"],
+            capture_output=True,
+            text=True,
+        )
+    else:
+        found = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "log",
+                "--diff-filter=A",
+                "--format=%H^",
+                "--",
+                "src/ia_continu/api/ids.py",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if found.returncode == 0 and found.stdout.strip():
+            found = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--verify", found.stdout.split()[-1]],
+                capture_output=True,
+                text=True,
+            )
     base = found.stdout.strip()
     tree = work / "baseline-tree"
     if found.returncode != 0 or not base:
-        return {"skipped": f"no git merge base with main: {found.stderr.strip()[:200]}"}
+        return {"skipped": f"no baseline commit: {found.stderr.strip()[:200]}"}
     added = subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), base],
         capture_output=True,
@@ -275,7 +307,13 @@ def _drop_schema(schema: str) -> None:
 
 
 def bench_feedback(
-    table: Any, *, smoke: bool, wrk: str | None, work: Path, sections: frozenset[str] = frozenset()
+    table: Any,
+    *,
+    smoke: bool,
+    wrk: str | None,
+    work: Path,
+    sections: frozenset[str] = frozenset(),
+    baseline: str = "",
 ) -> dict[str, Any]:
     """Every measure of this module, added to ``table`` (bench/run.py's Table)."""
 
@@ -293,14 +331,14 @@ def bench_feedback(
         )
     if want("ab"):
         ab = out["predict_ab"] = bench_predict_ab(
-            wrk, work, rounds=1 if smoke else 6, seconds=1 if smoke else 5
+            wrk, work, rounds=1 if smoke else 6, seconds=1 if smoke else 5, baseline=baseline
         )
         if "skipped" in ab:
-            table.add("feedback", "/predict with ids ÷ previous main", f"skipped: {ab['skipped']}")
+            table.add("feedback", "/predict with ids ÷ before ids", f"skipped: {ab['skipped']}")
         else:
             table.add(
                 "feedback",
-                f"/predict with ids ÷ previous main ({ab['baseline_commit'][:7]}), c=8",
+                f"/predict with ids ÷ before ids ({ab['baseline_commit'][:7]}), c=8",
                 f"{ab['ratio_median']:.3f} (new {ab['new']['rps']:,.0f} vs "
                 f"{ab['base']['rps']:,.0f} req/s; "
                 f"{ab['new']['cpu_us_per_request'] or 0:.0f} vs "
@@ -348,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.feedback")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--sections", default="", help="ids,ab,feedback10k,performance")
+    parser.add_argument(
+        "--baseline", default="", help="git ref for the /predict A/B (default: before ids)"
+    )
     args = parser.parse_args(argv)
     table = Table()
     work = Path(tempfile.mkdtemp(prefix="ia-bench-feedback-"))
@@ -358,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             wrk=ensure_wrk(),
             work=work,
             sections=frozenset(filter(None, args.sections.split(","))),
+            baseline=args.baseline,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
