@@ -63,7 +63,7 @@ class VersionPerformance(BaseModel):
     f1_score: float | None
     label_delay_p50_seconds: float | None = Field(
         description="median of feedback received_at - prediction created_at; from a "
-        "log-scale histogram: within 0.55 % of the exact value (delays of 1 ms or less "
+        "log-scale histogram: within 1.1 % of the exact value (delays of 1 ms or less "
         "count as 0)"
     )
     label_delay_p95_seconds: float | None = Field(

@@ -19,7 +19,7 @@ The label delay is stored as a log-scale bucket (``delay_bucket``) so that its
 percentiles come from counts: bucket ``b >= 1`` holds delays in
 ``(1 ms * G**(b-1), 1 ms * G**b]`` with ``G = 2**(1/32)``, and is read back as the point
 of the bucket closest to both ends, so a reported percentile is within
-``(G-1)/(G+1) < 0.55 %`` of the exact one (as DDSketch); bucket 0 holds delays of 1 ms
+``(G-1)/(G+1) < 1.1 %`` of the exact one (as DDSketch); bucket 0 holds delays of 1 ms
 or less (and negative ones, from clocks of different workers), read back as 0.
 """
 

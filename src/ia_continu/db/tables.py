@@ -122,7 +122,7 @@ feedback = sa.Table(
     sa.Column("shadow_prediction", sa.Integer, nullable=True),
     sa.Column("predicted_at", sa.DateTime(timezone=True), nullable=True),
     # Label delay (received_at - predicted_at) as a log-scale bucket (db/feedback.py:
-    # DELAY_GAMMA): percentiles from a GROUP BY, within 0.55 %.
+    # DELAY_GAMMA): percentiles from a GROUP BY, within 1.1 %.
     sa.Column("delay_bucket", sa.Integer, nullable=True),
     # /predictions/performance reads only this index (one GROUP BY over the window).
     sa.Index(
