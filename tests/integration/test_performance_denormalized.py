@@ -185,23 +185,27 @@ def test_early_labels_are_copied_by_the_writer_flush(db: Any) -> None:
     repo.insert_predictions(db, rows)  # the writer's flush, nothing read in between
     with db.connect() as conn:
         copied = {
-            r["prediction_id"]: r
-            for r in conn.execute(sa.select(tables.feedback)).mappings().all()
+            r["prediction_id"]: r for r in conn.execute(sa.select(tables.feedback)).mappings().all()
         }
     for r in early:
         f = copied[r[6]]
         assert f["predicted_at"] is not None
         assert repo._utc(f["predicted_at"]) == datetime.fromtimestamp(r[0] / 1e6, UTC)
         assert (f["model_version"], f["prediction"]) == (r[5], r[3])
+        assert f["predicted_day"] == r[0] // 86_400_000_000
         assert (f["shadow_version"], f["shadow_prediction"]) == (r[7], r[8])
         want = delay_bucket((NOW - datetime.fromtimestamp(r[0] / 1e6, UTC)).total_seconds())
         assert abs(f["delay_bucket"] - want) <= 1
     # A label replaced later keeps the copy (and its delay from the first arrival).
     upsert_feedback(db, [(early[0][6], 0)], received_at=NOW + timedelta(hours=1))
     with db.connect() as conn:
-        again = conn.execute(
-            sa.select(tables.feedback).where(tables.feedback.c.prediction_id == early[0][6])
-        ).mappings().one()
+        again = (
+            conn.execute(
+                sa.select(tables.feedback).where(tables.feedback.c.prediction_id == early[0][6])
+            )
+            .mappings()
+            .one()
+        )
     assert again["label"] == 0 and again["delay_bucket"] == copied[early[0][6]]["delay_bucket"]
     _assert_matches(db, NOW - timedelta(hours=1), NOW + timedelta(hours=2))
 
@@ -325,8 +329,7 @@ def test_migration_backfills_feedback_and_rollups_from_0005(database_url: str) -
             received = NOW - timedelta(minutes=5)
             conn.execute(
                 sa.text(
-                    "INSERT INTO feedback (prediction_id, label, received_at) "
-                    "VALUES (:i, :y, :t)"
+                    "INSERT INTO feedback (prediction_id, label, received_at) VALUES (:i, :y, :t)"
                 ),
                 [{"i": r[6], "y": rng.randint(0, 1), "t": received} for r in rows[::3]]
                 + [{"i": str(uuid.uuid4()), "y": 1, "t": received}],
@@ -341,6 +344,7 @@ def test_migration_backfills_feedback_and_rollups_from_0005(database_url: str) -
                 assert f["predicted_at"] is None and f["delay_bucket"] is None
                 continue
             assert (f["model_version"], f["prediction"], f["shadow_version"]) == (r[5], r[3], r[7])
+            assert f["predicted_day"] == r[0] // 86_400_000_000
             delay = (received - datetime.fromtimestamp(r[0] / 1e6, UTC)).total_seconds()
             assert abs(f["delay_bucket"] - delay_bucket(delay)) <= 1
         _assert_matches(engine, NOW - timedelta(days=31), NOW)

@@ -77,6 +77,14 @@ def delay_bucket_sql(dialect: str, received_at: str, created_at: str) -> str:
     )
 
 
+def predicted_day_sql(dialect: str, created_at: str) -> str:
+    """SQL of the day (since the epoch, UTC) of a stored time: whole seconds from the
+    stored text on SQLite, as repository.time_bucket reads it."""
+    if dialect == "sqlite":
+        return f"CAST(strftime('%s', substr({created_at}, 1, 19)) AS INTEGER) / 86400"
+    return f"CAST(floor(extract(epoch FROM {created_at}) / 86400) AS INTEGER)"
+
+
 def delay_bucket(seconds: float) -> int:
     """The bucket of one delay, as the SQL above computes it."""
     if seconds <= DELAY_UNIT_SECONDS:
@@ -125,7 +133,10 @@ _UPSERT_TAIL = (
     "updated_at = excluded.received_at WHERE feedback.label <> excluded.label "
     "RETURNING updated_at"
 )
-_COPIED = "model_version, prediction, shadow_version, shadow_prediction, predicted_at, delay_bucket"
+_COPIED = (
+    "model_version, prediction, shadow_version, shadow_prediction, predicted_at, "
+    "predicted_day, delay_bucket"
+)
 # Each label with its prediction's fields when that prediction is logged (LEFT JOIN on
 # the unique index of predictions.prediction_id): one statement, no second round trip.
 # SQLite: the whole request as one JSON parameter (10,000 items would need 20,000 bound
@@ -135,6 +146,8 @@ _SQLITE_UPSERT = (
     f"INSERT INTO feedback (prediction_id, label, received_at, {_COPIED}) "
     "SELECT j.id, j.label, ?1, p.model_version, p.prediction, p.shadow_version, "
     "p.shadow_prediction, p.created_at, "
+    + predicted_day_sql("sqlite", "p.created_at")
+    + ", "
     + delay_bucket_sql("sqlite", "?1", "p.created_at")
     + " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS label "
     "FROM json_each(?2)) AS j LEFT JOIN predictions AS p ON p.prediction_id = j.id "
@@ -145,6 +158,8 @@ _POSTGRES_UPSERT = (
     f"INSERT INTO feedback (prediction_id, label, received_at, {_COPIED}) "
     "SELECT t.id, t.label, %(now)s, p.model_version, p.prediction, p.shadow_version, "
     "p.shadow_prediction, p.created_at, "
+    + predicted_day_sql("postgresql", "p.created_at")
+    + ", "
     + delay_bucket_sql("postgresql", "%(now)s::timestamptz", "p.created_at")
     + " FROM unnest(%(ids)s::varchar[], %(labels)s::int[]) AS t(id, label) "
     "LEFT JOIN predictions AS p ON p.prediction_id = t.id" + _UPSERT_TAIL
@@ -184,7 +199,9 @@ def _fill_sql(dialect: str, ids_filter: str) -> str:
     return (
         "UPDATE feedback SET model_version = p.model_version, prediction = p.prediction, "
         "shadow_version = p.shadow_version, shadow_prediction = p.shadow_prediction, "
-        "predicted_at = p.created_at, delay_bucket = "
+        "predicted_at = p.created_at, predicted_day = "
+        + predicted_day_sql(dialect, "p.created_at")
+        + ", delay_bucket = "
         + delay_bucket_sql(dialect, "feedback.received_at", "p.created_at")
         + " FROM predictions AS p WHERE feedback.predicted_at IS NULL AND "
         + ids_filter
@@ -288,27 +305,48 @@ class PerformanceRecord:
 _F = feedback.c
 _P = predictions.c
 # Every labelled prediction of the window, counted per cell: one pass over the covering
-# index ix_feedback_performance (predicted_at first), nothing read from predictions.
-_LABELLED_CELLS = (
-    sa.select(
-        _F.model_version,
-        _F.shadow_version,
-        _F.prediction,
-        _F.shadow_prediction,
-        _F.label,
-        _F.delay_bucket,
-        sa.func.count(),
-    )
-    .where(_F.predicted_at >= sa.bindparam("since"), _F.predicted_at < sa.bindparam("until"))
-    .group_by(
-        _F.model_version,
-        _F.shadow_version,
-        _F.prediction,
-        _F.shadow_prediction,
-        _F.label,
-        _F.delay_bucket,
-    )
+# index ix_feedback_performance, nothing read from predictions. The inner GROUP BY follows
+# the index order (day first, the window's days as a range), so SQLite counts without
+# sorting the rows; the outer one merges the days (a few thousand rows).
+_CELLS = (
+    _F.model_version,
+    _F.shadow_version,
+    _F.prediction,
+    _F.shadow_prediction,
+    _F.label,
+    _F.delay_bucket,
 )
+
+
+def _in_window() -> sa.ColumnElement[bool]:
+    return sa.and_(
+        _F.predicted_day >= sa.bindparam("first_day"),
+        _F.predicted_day <= sa.bindparam("last_day"),
+        _F.predicted_at >= sa.bindparam("since"),
+        _F.predicted_at < sa.bindparam("until"),
+    )
+
+
+def _labelled_cells(version: bool) -> sa.Select[Any]:
+    inner = sa.select(_F.predicted_day, *_CELLS, sa.func.count().label("n")).where(_in_window())
+    if version:
+        inner = inner.where(_F.model_version == sa.bindparam("version"))
+    per_day = inner.group_by(_F.predicted_day, *_CELLS).subquery()
+    cells = [per_day.c[c.name] for c in _CELLS]
+    return sa.select(*cells, sa.func.sum(per_day.c.n)).group_by(*cells)
+
+
+_LABELLED_CELLS = {version: _labelled_cells(version) for version in (False, True)}
+
+
+def _window(since: datetime, until: datetime) -> dict[str, Any]:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return {
+        "since": since,
+        "until": until,
+        "first_day": (since - epoch).days,
+        "last_day": (until - epoch).days,
+    }
 
 
 def _unmatched_pass(dialect: str) -> sa.Select[Any]:
@@ -352,17 +390,19 @@ def read_performance(
     prediction fields copied into feedback."""
     from ia_continu.db.rollup import read_served
 
-    bounds = {"since": _as_utc(since), "until": _as_utc(until)}
+    bounds = _window(_as_utc(since), _as_utc(until))
     by_version: dict[str, VersionPerformanceRecord] = {}
     by_shadow: dict[str, ShadowPerformanceRecord] = {}
     orphans = 0
-    cells = _LABELLED_CELLS
-    if version is not None:
-        cells = cells.where(_F.model_version == version)
     with engine.connect() as conn:
         served, scored = read_served(conn, since=bounds["since"], until=bounds["until"])
-        labelled = conn.execute(cells, bounds).all()
-        unmatched = conn.execute(_UNMATCHED[_dialect(conn)], bounds).all()
+        if version is None:
+            labelled = conn.execute(_LABELLED_CELLS[False], bounds).all()
+        else:
+            labelled = conn.execute(_LABELLED_CELLS[True], {**bounds, "version": version}).all()
+        unmatched = conn.execute(
+            _UNMATCHED[_dialect(conn)], {"since": bounds["since"], "until": bounds["until"]}
+        ).all()
     for name, n in served.items():
         if version is None or name == version:
             by_version.setdefault(name, VersionPerformanceRecord()).served += n
@@ -452,7 +492,7 @@ def read_performance_buckets(
         f_correct = sa.func.sum(sa.case((_F.prediction == _F.label, 1), else_=0))
         copied = (
             sa.select(f_bucket, _F.model_version, sa.func.count(), f_correct)
-            .where(_F.predicted_at >= since_, _F.predicted_at < until_)
+            .where(_in_window())
             .group_by(f_bucket, _F.model_version)
         )
         p_bucket = time_bucket(_P.created_at, width, dialect=dialect)
@@ -470,8 +510,8 @@ def read_performance_buckets(
         )
         served = read_served_buckets(conn, since=since_, until=until_, bucket_seconds=width)
         labelled: dict[tuple[int, str], list[int]] = {}
-        for stmt in (copied, late):
-            for start, version, n, ok in conn.execute(stmt):
+        for stmt, params in ((copied, _window(since_, until_)), (late, {})):
+            for start, version, n, ok in conn.execute(stmt, params):
                 acc = labelled.setdefault((int(start), version), [0, 0])
                 acc[0] += int(n)
                 acc[1] += int(ok or 0)

@@ -121,19 +121,24 @@ feedback = sa.Table(
     sa.Column("shadow_version", sa.String(32), nullable=True),
     sa.Column("shadow_prediction", sa.Integer, nullable=True),
     sa.Column("predicted_at", sa.DateTime(timezone=True), nullable=True),
+    # Days since the epoch (UTC) of predicted_at: the index below leads with it so that
+    # SQLite groups a window's labels in index order, without sorting them (0.26 s -> 0.05 s
+    # for 300,000 labels).
+    sa.Column("predicted_day", sa.Integer, nullable=True),
     # Label delay (received_at - predicted_at) as a log-scale bucket (db/feedback.py:
     # DELAY_GAMMA): percentiles from a GROUP BY, within 1.1 %.
     sa.Column("delay_bucket", sa.Integer, nullable=True),
     # /predictions/performance reads only this index (one GROUP BY over the window).
     sa.Index(
         "ix_feedback_performance",
-        "predicted_at",
+        "predicted_day",
         "model_version",
         "shadow_version",
         "prediction",
         "shadow_prediction",
         "label",
         "delay_bucket",
+        "predicted_at",
     ),
     # The labels whose prediction is not logged (yet): orphans, and the writer's check.
     sa.Index(

@@ -42,6 +42,12 @@ def _delay_bucket(dialect: str, received_at: str, created_at: str) -> str:
     )
 
 
+def _day(dialect: str, created_at: str) -> str:
+    if dialect == "sqlite":
+        return f"CAST(strftime('%s', substr({created_at}, 1, 19)) AS INTEGER) / 86400"
+    return f"CAST(floor(extract(epoch FROM {created_at}) / 86400) AS INTEGER)"
+
+
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     for column in (
@@ -50,6 +56,7 @@ def upgrade() -> None:
         sa.Column("shadow_version", sa.String(32), nullable=True),
         sa.Column("shadow_prediction", sa.Integer, nullable=True),
         sa.Column("predicted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("predicted_day", sa.Integer, nullable=True),
         sa.Column("delay_bucket", sa.Integer, nullable=True),
     ):
         op.add_column("feedback", column)  # nullable: no table rebuild on SQLite
@@ -57,7 +64,9 @@ def upgrade() -> None:
     op.execute(
         "UPDATE feedback SET model_version = p.model_version, prediction = p.prediction, "
         "shadow_version = p.shadow_version, shadow_prediction = p.shadow_prediction, "
-        "predicted_at = p.created_at, delay_bucket = "
+        "predicted_at = p.created_at, predicted_day = "
+        + _day(dialect, "p.created_at")
+        + ", delay_bucket = "
         + _delay_bucket(dialect, "feedback.received_at", "p.created_at")
         + " FROM predictions AS p WHERE p.prediction_id = feedback.prediction_id"
     )
@@ -65,13 +74,14 @@ def upgrade() -> None:
         "ix_feedback_performance",
         "feedback",
         [
-            "predicted_at",
+            "predicted_day",
             "model_version",
             "shadow_version",
             "prediction",
             "shadow_prediction",
             "label",
             "delay_bucket",
+            "predicted_at",
         ],
     )
     op.create_index(
@@ -118,6 +128,7 @@ def downgrade() -> None:
     with op.batch_alter_table("feedback") as batch:
         for name in (
             "delay_bucket",
+            "predicted_day",
             "predicted_at",
             "shadow_prediction",
             "shadow_version",
