@@ -203,31 +203,47 @@ def _fill_sql(dialect: str, ids_filter: str) -> str:
         + predicted_day_sql(dialect, "p.created_at")
         + ", delay_bucket = "
         + delay_bucket_sql(dialect, "feedback.received_at", "p.created_at")
-        + " FROM predictions AS p WHERE feedback.predicted_at IS NULL AND "
+        + " FROM predictions AS p WHERE feedback.predicted_at IS NULL"
         + ids_filter
         + " AND p.prediction_id = feedback.prediction_id"
     )
 
 
-_SQLITE_FILL = _fill_sql("sqlite", "feedback.prediction_id IN (SELECT value FROM json_each(?))")
-_POSTGRES_FILL = _fill_sql("postgresql", "feedback.prediction_id = ANY(%(ids)s::varchar[])")
-# Answered from the partial index ix_feedback_unmatched: no row read when none is waiting.
-_ANY_UNMATCHED = "SELECT 1 FROM feedback WHERE predicted_at IS NULL LIMIT 1"
+# Two ways to find the pairs, the cheaper one chosen by how many labels wait: probe the
+# batch's ids in feedback's key, or probe each waiting label's id in predictions' key.
+_FILL_BY_IDS = {
+    "sqlite": _fill_sql(
+        "sqlite", " AND feedback.prediction_id IN (SELECT value FROM json_each(?))"
+    ),
+    "postgresql": _fill_sql("postgresql", " AND feedback.prediction_id = ANY(%(ids)s::varchar[])"),
+}
+_FILL_WAITING = {dialect: _fill_sql(dialect, "") for dialect in ("sqlite", "postgresql")}
+# Answered from the partial index ix_feedback_unmatched: no row read when none waits.
+_COUNT_WAITING = (
+    "SELECT count(*) FROM (SELECT 1 FROM feedback WHERE predicted_at IS NULL LIMIT {limit}) AS w"
+)
 
 
 def fill_early_feedback(conn: Connection, rows: Sequence[Sequence[Any]]) -> int:
     """Copy the fields of predictions just written (in the caller's transaction) into
     the feedback rows that were waiting for them (labels received before the flush).
-    Costs one indexed probe when no label is waiting, the usual case. Rows are the
-    writer's tuples: the prediction id, when any, is the 7th field. Returns the number
-    of feedback rows filled."""
+    One indexed probe when no label waits, the usual case; then at most one probe per
+    waiting label or per row of the batch, whichever is fewer. Rows are the writer's
+    tuples: the prediction id, when any, is the 7th field. Returns the rows filled."""
     ids = [r[6] for r in rows if len(r) > 6 and r[6] is not None]
-    if not ids or conn.exec_driver_sql(_ANY_UNMATCHED).first() is None:
+    if not ids:
         return 0
-    if conn.dialect.name == "postgresql":
-        result = conn.exec_driver_sql(_POSTGRES_FILL, {"ids": ids})
+    waiting = conn.exec_driver_sql(_COUNT_WAITING.format(limit=len(ids))).scalar_one()
+    if not waiting:
+        return 0
+    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    if waiting < len(ids):
+        # Also fills a label whose prediction an earlier flush wrote concurrently with it.
+        result = conn.exec_driver_sql(_FILL_WAITING[dialect])
+    elif dialect == "postgresql":
+        result = conn.exec_driver_sql(_FILL_BY_IDS[dialect], {"ids": ids})
     else:
-        result = conn.exec_driver_sql(_SQLITE_FILL, (orjson.dumps(ids).decode(),))
+        result = conn.exec_driver_sql(_FILL_BY_IDS[dialect], (orjson.dumps(ids).decode(),))
     return int(result.rowcount or 0)
 
 
@@ -359,7 +375,8 @@ def _unmatched_pass(dialect: str) -> sa.Select[Any]:
         delay: Any = days * 86400.0
     else:
         delay = sa.extract("epoch", _F.received_at - _P.created_at)
-    since, until = sa.bindparam("since"), sa.bindparam("until")
+    since: Any = sa.bindparam("since")
+    until: Any = sa.bindparam("until")
     return (
         sa.select(
             _P.model_version,

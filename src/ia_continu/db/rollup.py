@@ -65,25 +65,37 @@ def add_to_rollup(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
     model_version); full rows go on with (prediction_id, shadow_version, ...)."""
     from ia_continu.db.feedback import fill_early_feedback
 
-    groups: dict[tuple[int, str, int], list[float]] = {}
-    scored: dict[tuple[int, str, str], int] = {}
+    # Keyed by the shadow version too (None without one): the shadow counts come from
+    # the same pass, no second loop over the rows.
+    groups: dict[tuple[int, str, int, str | None], list[float]] = {}
     newest = 0
     for row in rows:
         us, x1, x2, pred, conf, version = row[:6]
         minute = int(us) // MINUTE_US * 60
         newest = max(newest, minute)
-        acc = groups.get((minute, version, int(pred)))
+        key = (minute, version, int(pred), row[7] if len(row) > 7 else None)
+        acc = groups.get(key)
         if acc is None:
-            acc = groups[(minute, version, int(pred))] = [0, 0.0, 0.0, 0.0]
+            acc = groups[key] = [0, 0.0, 0.0, 0.0]
         acc[0] += 1
         acc[1] += conf
         acc[2] += x1 * FEATURE_SCALE
         acc[3] += x2 * FEATURE_SCALE
-        if len(row) > 7 and row[7] is not None:
-            key = (minute, version, row[7])
-            scored[key] = scored.get(key, 0) + 1
     if not groups:
         return
+    merged: dict[tuple[int, str, int], list[float]] = {}
+    scored: dict[tuple[int, str, str], int] = {}
+    for (minute, version, pred, shadow), acc in groups.items():
+        total = merged.get((minute, version, pred))
+        if total is None:
+            merged[(minute, version, pred)] = list(acc)
+        else:
+            for i in range(4):
+                total[i] += acc[i]
+        if shadow is not None:
+            scored[(minute, version, shadow)] = scored.get((minute, version, shadow), 0) + int(
+                acc[0]
+            )
     # Sorted keys: two writers (API workers) upserting the same minutes lock them in the
     # same order on PostgreSQL, so they wait for each other instead of deadlocking.
     conn.execute(
@@ -98,7 +110,7 @@ def add_to_rollup(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
                 "feature1_sum": acc[2],
                 "feature2_sum": acc[3],
             }
-            for (minute, version, pred), acc in sorted(groups.items())
+            for (minute, version, pred), acc in sorted(merged.items())
         ],
     )
     if scored:
