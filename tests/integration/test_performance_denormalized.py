@@ -24,6 +24,7 @@ from ia_continu.db.feedback import (
     delay_bucket,
     delay_of_bucket,
     delay_percentiles,
+    fill_early_feedback,
     read_performance,
     read_performance_buckets,
     upsert_feedback,
@@ -208,6 +209,27 @@ def test_early_labels_are_copied_by_the_writer_flush(db: Any) -> None:
         )
     assert again["label"] == 0 and again["delay_bucket"] == copied[early[0][6]]["delay_bucket"]
     _assert_matches(db, NOW - timedelta(hours=1), NOW + timedelta(hours=2))
+
+
+@BOTH
+def test_early_labels_are_found_by_the_batch_ids_when_many_wait(db: Any) -> None:
+    """More labels waiting than rows in the batch: the writer probes the batch's ids
+    instead of every waiting label (the other path of fill_early_feedback)."""
+    rows = _random_rows(30, seed=4, start=NOW - timedelta(minutes=10), span=timedelta(minutes=5))
+    orphans = [(str(uuid.uuid4()), 0) for _ in range(50)]
+    upsert_feedback(db, [(r[6], 1) for r in rows] + orphans, received_at=NOW)
+    with db.begin() as conn:
+        assert fill_early_feedback(conn, rows[:10]) == 0  # not written yet: nothing to copy
+    repo.insert_predictions(db, rows[:10])  # 80 waiting, 10 rows: by ids
+    repo.insert_predictions(db, rows[10:])  # 70 waiting, 20 rows: by ids
+    with db.connect() as conn:
+        left = conn.execute(
+            sa.select(tables.feedback.c.prediction_id).where(
+                tables.feedback.c.predicted_at.is_(None)
+            )
+        ).scalars()
+        assert set(left) == {pid for pid, _ in orphans}
+    _assert_matches(db, NOW - timedelta(hours=1), NOW + timedelta(minutes=1))
 
 
 @BOTH
