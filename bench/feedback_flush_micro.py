@@ -32,8 +32,7 @@ def _rows(n: int) -> list[Any]:
     now = time.time_ns() // 1000
     ids = new_prediction_ids(n, now)
     return [
-        (now + i, 0.5, -1.2, i & 1, 0.73, "v1", ids[i], "v2", (i >> 1) & 1, 0.6)
-        for i in range(n)
+        (now + i, 0.5, -1.2, i & 1, 0.73, "v1", ids[i], "v2", (i >> 1) & 1, 0.6) for i in range(n)
     ]
 
 
