@@ -4,17 +4,19 @@ version, against the same figures computed here from the rows (SQLite and Postgr
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from ia_continu.api.app import create_app
+from ia_continu.api.ids import new_prediction_ids
 from ia_continu.config import Settings
 from ia_continu.db import repository as repo
-from ia_continu.db import tables
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.ml.predictor import LinearModel
@@ -50,21 +52,26 @@ def test_buckets_match_the_rows(client: tuple[TestClient, sa.Engine]) -> None:
     http, engine = client
     rng = random.Random(3)
     x = [[rng.uniform(-3, 3), rng.uniform(-3, 3)] for _ in range(120)]
-    body = http.post("/predict/batch", json={"instances": x}).json()
-    ids, served = body["prediction_ids"], body["predictions"]
+    # The first 60 predictions made two hours ago by v0, through the prediction writer
+    # (it keeps the rollups): two buckets, two versions.
+    old_us = (time.time_ns() // 1000) - 2 * 3600 * 1_000_000
+    old_ids = new_prediction_ids(60, old_us)
+    classes, confidences = CHAMPION.predict_batch(np.array(x[:60]))
+    repo.insert_predictions(
+        engine,
+        [
+            (old_us, x[i][0], x[i][1], int(classes[i]), float(confidences[i]), "v0",
+             old_ids[i], None, None, None)
+            for i in range(60)
+        ],
+    )  # fmt: skip
+    body = http.post("/predict/batch", json={"instances": x[60:]}).json()
+    ids = old_ids + body["prediction_ids"]
+    served = [int(c) for c in classes] + body["predictions"]
     labels = [rng.randint(0, 1) for _ in ids]
-    labelled = list(range(0, 120, 3))  # 40 labels
+    labelled = list(range(0, 120, 3))  # 40 labels, some perhaps before the v1 rows' flush
     items = [{"prediction_id": ids[i], "label": labels[i]} for i in labelled]
     assert http.post("/feedback", json={"items": items}).json()["stored"] == 40
-    http.get("/predictions/performance/timeseries")  # flushes this process's log
-    # Move the first 60 predictions two hours back and call them v0: two buckets, two versions.
-    p = tables.predictions
-    with engine.begin() as conn:
-        conn.execute(
-            sa.update(p)
-            .where(p.c.prediction_id.in_(ids[:60]))
-            .values(created_at=datetime.now(UTC) - timedelta(hours=2), model_version="v0")
-        )
     response = http.get("/predictions/performance/timeseries", params={"bucket_seconds": 3600})
     assert response.status_code == 200, response.text
     points = response.json()["points"]

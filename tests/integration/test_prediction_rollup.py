@@ -131,9 +131,16 @@ def test_rollup_survives_features_near_the_smallest_floats(db: Any) -> None:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_rollup_forgets_minutes_older_than_the_longest_window(db: Any) -> None:
-    old = int((NOW - timedelta(days=10)).timestamp() * 1_000_000)
-    repo.insert_predictions(db, [(old, 0.0, 0.0, 0, 0.9, "v1")])
-    repo.insert_predictions(db, [(int(NOW.timestamp() * 1_000_000), 0.0, 0.0, 1, 0.9, "v1")])
+    # KEEP covers the longest window read (90 days of /predictions/performance).
+    assert timedelta(days=90) < rollup.KEEP
+    too_old = NOW - rollup.KEEP - timedelta(days=2)
+    kept = NOW - rollup.KEEP + timedelta(days=1)
+    for when in (too_old, kept, NOW):
+        us = int(when.timestamp() * 1_000_000)
+        repo.insert_predictions(db, [(us, 0.0, 0.0, 0, 0.9, "v1", None, "v2", 1, 0.8)])
+    expected = sorted(int(t.timestamp()) // 60 * 60 for t in (kept, NOW))
     with db.connect() as conn:
         minutes = conn.execute(sa.text("SELECT minute FROM prediction_rollup")).scalars().all()
-    assert minutes == [int(NOW.timestamp()) // 60 * 60]
+        scored = conn.execute(sa.text("SELECT minute FROM shadow_rollup")).scalars().all()
+    assert sorted(minutes) == expected
+    assert sorted(scored) == expected

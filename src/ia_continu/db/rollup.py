@@ -26,12 +26,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ia_continu.db.tables import prediction_rollup, predictions
+from ia_continu.db.tables import prediction_rollup, predictions, shadow_rollup
 
 FEATURE_SCALE = 2.0**-64
 MINUTE_US = 60_000_000
-# Rows older than this are deleted by the writer (the longest window is 7 days).
-KEEP = timedelta(days=8)
+# Rows older than this are deleted by the writer: the longest window read is 90 days
+# (/predictions/performance), plus margin. One row per minute, version and class (about
+# 300,000 rows for two versions over 100 days of steady traffic).
+KEEP = timedelta(days=100)
 
 _UPSERT = sa.text(
     "INSERT INTO prediction_rollup "
@@ -44,31 +46,56 @@ _UPSERT = sa.text(
     "feature1_sum = prediction_rollup.feature1_sum + excluded.feature1_sum, "
     "feature2_sum = prediction_rollup.feature2_sum + excluded.feature2_sum"
 )
+_SHADOW_UPSERT = sa.text(
+    "INSERT INTO shadow_rollup (minute, model_version, shadow_version, count) "
+    "VALUES (:minute, :model_version, :shadow_version, :count) "
+    "ON CONFLICT (minute, model_version, shadow_version) DO UPDATE SET "
+    "count = shadow_rollup.count + excluded.count"
+)
 
 
 # --- the writer's side ----------------------------------------------------------------------
 
 
-def add_to_rollup(conn: Connection, rows: Iterable[Sequence[Any]]) -> None:
-    """Add a batch of logged predictions to the rollup, inside the caller's transaction.
+def add_to_rollup(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
+    """Add a batch of logged predictions to the rollups, inside the caller's (the
+    writer's) transaction, and copy them into the feedback rows waiting for them.
 
     Each row starts (epoch microseconds, feature1, feature2, prediction, confidence,
-    model_version); further fields are ignored."""
-    groups: dict[tuple[int, str, int], list[float]] = {}
+    model_version); full rows go on with (prediction_id, shadow_version, ...)."""
+    from ia_continu.db.feedback import fill_early_feedback
+
+    # Keyed by the shadow version too (None without one): the shadow counts come from
+    # the same pass, no second loop over the rows.
+    groups: dict[tuple[int, str, int, str | None], list[float]] = {}
     newest = 0
     for row in rows:
         us, x1, x2, pred, conf, version = row[:6]
         minute = int(us) // MINUTE_US * 60
         newest = max(newest, minute)
-        acc = groups.get((minute, version, int(pred)))
+        key = (minute, version, int(pred), row[7] if len(row) > 7 else None)
+        acc = groups.get(key)
         if acc is None:
-            acc = groups[(minute, version, int(pred))] = [0, 0.0, 0.0, 0.0]
+            acc = groups[key] = [0, 0.0, 0.0, 0.0]
         acc[0] += 1
         acc[1] += conf
         acc[2] += x1 * FEATURE_SCALE
         acc[3] += x2 * FEATURE_SCALE
     if not groups:
         return
+    merged: dict[tuple[int, str, int], list[float]] = {}
+    scored: dict[tuple[int, str, str], int] = {}
+    for (minute, version, pred, shadow), acc in groups.items():
+        total = merged.get((minute, version, pred))
+        if total is None:
+            merged[(minute, version, pred)] = list(acc)
+        else:
+            for i in range(4):
+                total[i] += acc[i]
+        if shadow is not None:
+            scored[(minute, version, shadow)] = scored.get((minute, version, shadow), 0) + int(
+                acc[0]
+            )
     # Sorted keys: two writers (API workers) upserting the same minutes lock them in the
     # same order on PostgreSQL, so they wait for each other instead of deadlocking.
     conn.execute(
@@ -83,11 +110,21 @@ def add_to_rollup(conn: Connection, rows: Iterable[Sequence[Any]]) -> None:
                 "feature1_sum": acc[2],
                 "feature2_sum": acc[3],
             }
-            for (minute, version, pred), acc in sorted(groups.items())
+            for (minute, version, pred), acc in sorted(merged.items())
         ],
     )
+    if scored:
+        conn.execute(
+            _SHADOW_UPSERT,
+            [
+                {"minute": m, "model_version": v, "shadow_version": sv, "count": n}
+                for (m, v, sv), n in sorted(scored.items())
+            ],
+        )
     cutoff = newest - int(KEEP.total_seconds())
     conn.execute(prediction_rollup.delete().where(prediction_rollup.c.minute < cutoff))
+    conn.execute(shadow_rollup.delete().where(shadow_rollup.c.minute < cutoff))
+    fill_early_feedback(conn, rows)
 
 
 # --- the readers' side ----------------------------------------------------------------------
@@ -255,3 +292,109 @@ def count_predictions_by_bucket(engine: Engine, *, since: datetime, bucket_secon
         )
         for (start, version), (c0, c1) in sorted(totals.items())
     ]
+
+
+# --- served counts over [since, until) (/predictions/performance) ----------------------------
+
+_S = shadow_rollup.c
+_SERVED_ROLLUP = (
+    sa.select(_R.model_version, sa.func.sum(_R.count))
+    .where(_R.minute >= sa.bindparam("first"), _R.minute < sa.bindparam("end"))
+    .group_by(_R.model_version)
+)
+_SCORED_ROLLUP = (
+    sa.select(_S.model_version, _S.shadow_version, sa.func.sum(_S.count))
+    .where(_S.minute >= sa.bindparam("first"), _S.minute < sa.bindparam("end"))
+    .group_by(_S.model_version, _S.shadow_version)
+)
+_SERVED_RAW = (
+    sa.select(_P.model_version, _P.shadow_version, sa.func.count())
+    .where(_P.created_at >= sa.bindparam("since"), _P.created_at < sa.bindparam("until"))
+    .group_by(_P.model_version, _P.shadow_version)
+)
+
+
+def _split(since: datetime, until: datetime) -> tuple[list[tuple[datetime, datetime]], int, int]:
+    """[since, until) as its whole minutes [first, end) (epoch seconds; first >= end when
+    there is none) and the partial edges to read from the raw rows."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    since_us = (since - epoch) // timedelta(microseconds=1)
+    until_us = (until - epoch) // timedelta(microseconds=1)
+    first = -(-since_us // MINUTE_US) * 60  # ceil
+    end = until_us // MINUTE_US * 60  # floor
+    if first >= end:
+        return [(since, until)], first, first
+    edges = [
+        (a, b)
+        for a, b in (
+            (since, datetime.fromtimestamp(first, UTC)),
+            (datetime.fromtimestamp(end, UTC), until),
+        )
+        if a < b
+    ]
+    return edges, first, end
+
+
+def read_served(
+    conn: Connection, *, since: datetime, until: datetime
+) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Predictions served in [since, until) per model version, and those a shadow
+    scored per (model version, shadow version): the rollups for the whole minutes, the
+    raw rows (index on created_at) for the partial minutes at both edges. Like
+    /predictions/stats, it counts the traffic served, including rows a prune removed
+    since (for 100 days: KEEP)."""
+    edges, first, end = _split(since.astimezone(UTC), until.astimezone(UTC))
+    served: dict[str, int] = {}
+    scored: dict[tuple[str, str], int] = {}
+    for a, b in edges:
+        for version, shadow, n in conn.execute(_SERVED_RAW, {"since": a, "until": b}):
+            served[version] = served.get(version, 0) + int(n)
+            if shadow is not None:
+                scored[(version, shadow)] = scored.get((version, shadow), 0) + int(n)
+    if first < end:
+        minutes = {"first": first, "end": end}
+        for version, n in conn.execute(_SERVED_ROLLUP, minutes):
+            served[version] = served.get(version, 0) + int(n)
+        for version, shadow, n in conn.execute(_SCORED_ROLLUP, minutes):
+            scored[(version, shadow)] = scored.get((version, shadow), 0) + int(n)
+    return served, scored
+
+
+def read_served_buckets(
+    conn: Connection, *, since: datetime, until: datetime, bucket_seconds: int
+) -> dict[tuple[int, str], int]:
+    """Predictions served in [since, until) per (bucket start, model version), buckets
+    aligned on multiples of ``bucket_seconds`` since the epoch. From the rollup when the
+    buckets are whole minutes (plus the raw partial edges), else from the raw rows."""
+    from ia_continu.db.repository import time_bucket
+
+    width = int(bucket_seconds)
+    since, until = since.astimezone(UTC), until.astimezone(UTC)
+    if width % 60:
+        edges, first, end = [(since, until)], 0, 0
+    else:
+        edges, first, end = _split(since, until)
+    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    bucket = time_bucket(_P.created_at, width, dialect=dialect)
+    raw = (
+        sa.select(bucket, _P.model_version, sa.func.count())
+        .where(_P.created_at >= sa.bindparam("since"), _P.created_at < sa.bindparam("until"))
+        .group_by(bucket, _P.model_version)
+    )
+    totals: dict[tuple[int, str], int] = {}
+    for a, b in edges:
+        for start, version, n in conn.execute(raw, {"since": a, "until": b}):
+            key = (int(start), version)
+            totals[key] = totals.get(key, 0) + int(n)
+    if first < end:
+        literal_width = sa.literal_column(str(width), sa.BigInteger)
+        r_bucket = ((_R.minute // literal_width) * literal_width).label("bucket")
+        whole = (
+            sa.select(r_bucket, _R.model_version, sa.func.sum(_R.count))
+            .where(_R.minute >= first, _R.minute < end)
+            .group_by(r_bucket, _R.model_version)
+        )
+        for start, version, n in conn.execute(whole):
+            key = (int(start), version)
+            totals[key] = totals.get(key, 0) + int(n)
+    return totals

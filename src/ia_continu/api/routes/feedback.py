@@ -234,27 +234,24 @@ async def predictions_performance(
 def build_performance(
     record: Any, *, since: datetime, until: datetime, version: str | None
 ) -> PerformanceResponse:
-    import numpy as np
-
     from ia_continu.db.feedback import Confusion
 
     overall = Confusion()
-    all_delays = []
+    all_delays: dict[int, int] = {}
     served = 0
     by_version = {}
     for name, v in sorted(record.by_version.items()):
         served += v.served
         for attr in ("tp", "fp", "fn", "tn"):
             setattr(overall, attr, getattr(overall, attr) + getattr(v.confusion, attr))
-        if v.delays is not None:
-            all_delays.append(v.delays)
-        by_version[name] = _version_performance(v.served, v.confusion, v.delays)
-    delays = np.concatenate(all_delays) if all_delays else None
+        for bucket, n in v.delay_histogram.items():
+            all_delays[bucket] = all_delays.get(bucket, 0) + n
+        by_version[name] = _version_performance(v.served, v.confusion, v.delay_histogram)
     return PerformanceResponse(
         since=since,
         until=until,
         version=version,
-        overall=_version_performance(served, overall, delays),
+        overall=_version_performance(served, overall, all_delays),
         by_model_version=by_version,
         shadow={
             name: ShadowPerformance(
@@ -269,13 +266,16 @@ def build_performance(
     )
 
 
-def _version_performance(served: int, confusion: Any, delays: Any) -> VersionPerformance:
-    import numpy as np
+def _version_performance(
+    served: int, confusion: Any, delay_histogram: dict[int, int]
+) -> VersionPerformance:
+    from ia_continu.db.feedback import delay_percentiles
 
     labelled = confusion.total
     p50 = p95 = None
-    if delays is not None and len(delays):
-        p50, p95 = (float(x) for x in np.percentile(delays, [50, 95]))
+    percentiles = delay_percentiles(delay_histogram, (50, 95))
+    if percentiles is not None:
+        p50, p95 = percentiles
     return VersionPerformance(
         served=served,
         labelled=labelled,
@@ -352,7 +352,7 @@ def _compute_gauges(state: AppState) -> bytes:
                 "champion",
                 model.version,
                 _version_performance(
-                    champion.served, champion.confusion, champion.delays
+                    champion.served, champion.confusion, champion.delay_histogram
                 ).model_dump(),
             )
         )
