@@ -175,8 +175,8 @@ def registry_reconcile(
     ia_continu.orphan=true, stale RUNNING runs marked FAILED, aliases on the active row's
     version (docs/mlflow.md). Prints every change."""
     from ia_continu.db.engine import create_db_engine
-    from ia_continu.ml.reconcile import reconcile_registry
-    from ia_continu.ml.registry import RegistryUnavailableError
+    from ia_continu.registry.core import RegistryUnavailableError
+    from ia_continu.services.reconcile import reconcile_registry
 
     settings = _settings()
     engine = create_db_engine(settings.resolved_database_url)
@@ -312,7 +312,7 @@ def retrain(
     """Retrain on a stored dataset and make the model the champion."""
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
-    from ia_continu.ml import lifecycle
+    from ia_continu.services import lifecycle
 
     settings = _settings()
     engine = create_db_engine(settings.resolved_database_url)
@@ -358,7 +358,7 @@ def generate(
         TimeRemainingColumn,
     )
 
-    from ia_continu.db import repository as repo
+    from ia_continu.db import datasets as db_datasets
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
     from ia_continu.ml.data import iter_dataset_chunks
@@ -380,7 +380,7 @@ def generate(
     )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("rows", total=samples)
-        record = repo.insert_dataset_chunks(
+        record = db_datasets.insert_dataset_chunks(
             engine,
             iter_dataset_chunks(samples, hour=hour, seed=seed, chunk_size=chunk_size),
             samples_count=samples,
@@ -427,7 +427,7 @@ def datasets_import(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ia_continu.db import repository as repo
+    from ia_continu.db import datasets as db_datasets
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
     from ia_continu.ml import labelled
@@ -480,7 +480,7 @@ def datasets_import(
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task("rows", total=total)
-            record = repo.insert_dataset_chunks(
+            record = db_datasets.insert_dataset_chunks(
                 engine,
                 datasets(),
                 samples_count=total,
@@ -566,6 +566,8 @@ def monitor_run(
 
     from rich.console import Console
 
+    from ia_continu.db import monitoring_runs as db_runs
+
     settings = _settings()
     # Prefect prints the flow's and tasks' progress with its own handler.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -574,7 +576,7 @@ def monitor_run(
     if in_process:
         from ia_continu.db.engine import create_db_engine
         from ia_continu.db.migrate import upgrade_database
-        from ia_continu.monitoring import service
+        from ia_continu.services import monitoring as service
 
         engine = create_db_engine(settings.resolved_database_url)
         upgrade_database(engine)
@@ -591,8 +593,8 @@ def monitor_run(
         run, url = outcome.run, outcome.mlflow_url
     else:
         console.print(f"[dim]{_use_prefect_server(settings)}[/dim]")
-        from ia_continu.db import repository as repo
-        from ia_continu.monitoring.flows import flow_settings, monitoring_flow
+
+        from ia_continu.flows import flow_settings, monitoring_flow
 
         with flow_settings(settings):
             state: Any = asyncio.run(
@@ -602,7 +604,7 @@ def monitor_run(
 
         engine = create_db_engine(settings.resolved_database_url)
         try:
-            latest = repo.get_latest_monitoring_run(engine)
+            latest = db_runs.get_latest_monitoring_run(engine)
         finally:
             engine.dispose()
         flow_run_id = str(state.state_details.flow_run_id)
@@ -611,7 +613,7 @@ def monitor_run(
             raise typer.Exit(1)
         run, url = latest, None
         if run.mlflow_run_id:
-            from ia_continu.ml import registry
+            from ia_continu.registry import core as registry
 
             try:
                 url = registry.run_url(
@@ -707,7 +709,7 @@ def monitor_serve(
     print(_use_prefect_server(settings), flush=True)
     # Prefect polls its server every few seconds: httpx would log each request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from ia_continu.monitoring.flows import serve_monitoring
+    from ia_continu.flows import serve_monitoring
 
     serve_monitoring(interval=interval or settings.monitor_interval, run_now=run_now)
 
@@ -781,7 +783,7 @@ def simulate(
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.ERROR)
-    from ia_continu.monitoring.simulate import HourRow, run_simulation
+    from ia_continu.services.simulate import HourRow, run_simulation
 
     base = _settings()
     workdir = Path(tempfile.mkdtemp(prefix="ia-continu-sim-"))
@@ -912,7 +914,7 @@ def _simulate_traffic(
         raise typer.BadParameter("must be at most --hours", param_hint="--drift-at")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(level=logging.ERROR)
-    from ia_continu.monitoring.simulate_traffic import SliceRow, run_traffic_simulation
+    from ia_continu.services.simulate_traffic import SliceRow, run_traffic_simulation
 
     base = _settings()
     workdir = Path(tempfile.mkdtemp(prefix="ia-continu-simtraffic-"))
@@ -1114,7 +1116,7 @@ def worker_start(
 
 
 def _deploy_monitoring(*, pool: str, interval: int | None) -> None:
-    from ia_continu.monitoring.flows import DEPLOYMENT_NAME, monitoring_flow
+    from ia_continu.flows import DEPLOYMENT_NAME, monitoring_flow
     from ia_continu.ops.prefect_worker import deploy_flow, ensure_work_pool
 
     settings = _settings()

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from ia_continu.api.app import create_app
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import models as db_models
 from ia_continu.db import tables
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
@@ -28,9 +28,9 @@ def client(
 ) -> Iterator[tuple[TestClient, sa.Engine]]:
     engine = create_db_engine(database_url)
     upgrade_database(engine)
-    repo.insert_model(
+    db_models.insert_model(
         engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version="v1",
             accuracy=0.9,
             training_samples=800,

@@ -31,7 +31,7 @@ from ia_continu.config import (
 )
 
 if TYPE_CHECKING:
-    from ia_continu.monitoring.predlog import PredictionLogCounters, PredictionLogger
+    from ia_continu.services.predlog import PredictionLogCounters, PredictionLogger
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +479,7 @@ class _DatabaseCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from ia_continu.db import repository as repo
+        from ia_continu.db import snapshot as db_snapshot
 
         up = GaugeMetricFamily("ia_database_up", "1 when /metrics could read the database")
         if self._engine is None:
@@ -487,7 +487,7 @@ class _DatabaseCollector:
             yield up
             return
         try:
-            snap = repo.read_metrics_snapshot(self._engine)
+            snap = db_snapshot.read_metrics_snapshot(self._engine)
         except Exception as exc:  # report the outage instead of failing the scrape
             log.warning("metrics: database unavailable: %s", exc)
             up.add_metric([], 0)

@@ -1,7 +1,7 @@
 """SQL of learning from production: feedback upserts, realized performance, the shadow model.
 
-Kept beside repository.py (same conventions: the engine passed explicitly, plain records
-back) so that the feedback work stays in one place.
+Kept beside the other aggregate modules (same conventions: the engine passed explicitly,
+plain records back) so that the feedback work stays in one place.
 
 Feedback is joined to predictions at read time on ``prediction_id``: there is no foreign
 key, a label may arrive before its prediction is flushed from an API worker's in-memory
@@ -282,7 +282,7 @@ def read_performance_buckets(
     """Per time bucket (aligned on multiples of ``bucket_seconds`` since the epoch, by the
     prediction's ``created_at`` in [since, until)) and model version: predictions served,
     labelled, and labelled correctly. Oldest first; buckets without traffic are absent."""
-    from ia_continu.db.repository import time_bucket
+    from ia_continu.db.sql import time_bucket
     from ia_continu.db.tables import feedback, predictions
 
     width = int(bucket_seconds)

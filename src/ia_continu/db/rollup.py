@@ -183,8 +183,8 @@ def _mean(scaled_sum: float, count: int) -> float | None:
 
 
 def summarize_predictions(engine: Engine, *, since: datetime) -> Any:
-    """Same answer as ``repository.summarize_predictions``, from the rollup."""
-    from ia_continu.db.repository import PredictionSummary, VersionTraffic
+    """Same answer as ``predictions.summarize_predictions``, from the rollup."""
+    from ia_continu.db.predictions import PredictionSummary, VersionTraffic
 
     minute, boundary = _boundary(since)
     with engine.connect() as conn:
@@ -222,19 +222,19 @@ def summarize_predictions(engine: Engine, *, since: datetime) -> Any:
 
 
 def count_predictions_by_bucket(engine: Engine, *, since: datetime, bucket_seconds: int) -> Any:
-    """Same answer as ``repository.count_predictions_by_bucket``; from the rollup when the
+    """Same answer as ``predictions.count_predictions_by_bucket``; from the rollup when the
     buckets are whole minutes, else from the rows (then the window is at most
     10,080 buckets of under a minute: under a week of rows is never read)."""
-    from ia_continu.db import repository as repo
+    from ia_continu.db import predictions as db_predictions
 
     width = int(bucket_seconds)
     if width < 1:
         raise ValueError("bucket_seconds must be >= 1")
     if width % 60:
-        return repo.count_predictions_by_bucket(engine, since=since, bucket_seconds=width)
+        return db_predictions.count_predictions_by_bucket(engine, since=since, bucket_seconds=width)
     minute, boundary = _boundary(since)
     totals: dict[tuple[int, str], list[int]] = {}
-    raw = repo.count_predictions_by_bucket(
+    raw = db_predictions.count_predictions_by_bucket(
         engine, since=since, bucket_seconds=width, until=boundary
     )
     for b in raw:
@@ -247,7 +247,7 @@ def count_predictions_by_bucket(engine: Engine, *, since: datetime, bucket_secon
             acc[0] += int(n) - int(c1)
             acc[1] += int(c1)
     return [
-        repo.PredictionBucket(
+        db_predictions.PredictionBucket(
             start=datetime.fromtimestamp(start, UTC),
             model_version=version,
             class_0=c0,

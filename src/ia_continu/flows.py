@@ -21,8 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings, get_settings
-from ia_continu.db import repository as repo
-from ia_continu.monitoring import service
+from ia_continu.db import monitoring_runs as db_runs
+from ia_continu.services import monitoring as service
 
 FLOW_NAME = "ia-continu-monitoring"
 DEPLOYMENT_NAME = "ia-continu-monitoring"
@@ -170,7 +170,7 @@ async def promote_challenger_task(*, settings: Settings, engine: Engine, version
 
 @task(name="log-to-mlflow", **_network)  # type: ignore[call-overload]
 async def log_run_metrics_task(
-    *, settings: Settings, run: repo.MonitoringRunRecord, now: datetime
+    *, settings: Settings, run: db_runs.MonitoringRunRecord, now: datetime
 ) -> service.MlflowLink:
     return await asyncio.to_thread(service.log_run_metrics, settings=settings, run=run, now=now)
 
@@ -185,15 +185,15 @@ async def reconcile_registry_task(*, settings: Settings, engine: Engine) -> int:
 
 @task(name="record-run", **_local)  # type: ignore[call-overload]
 async def record_run_task(
-    *, engine: Engine, run: repo.MonitoringRunRecord
-) -> repo.MonitoringRunRecord:
+    *, engine: Engine, run: db_runs.MonitoringRunRecord
+) -> db_runs.MonitoringRunRecord:
     return await asyncio.to_thread(service.record_run, engine=engine, run=run)
 
 
 # Sending retries inside the notifier (429 retry_after, 5xx, timeouts) and never raises.
 @task(name="notify-discord", **_network)  # type: ignore[call-overload]
 async def notify_run_task(
-    *, settings: Settings, run: repo.MonitoringRunRecord, mlflow_url: str | None
+    *, settings: Settings, run: db_runs.MonitoringRunRecord, mlflow_url: str | None
 ) -> bool:
     return await asyncio.to_thread(
         service.notify_run, settings=settings, run=run, mlflow_url=mlflow_url

@@ -34,9 +34,12 @@ import httpx
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
+from ia_continu.db import models as db_models
+from ia_continu.db import monitoring_runs as db_runs
+from ia_continu.db import predictions as db_predictions
+from ia_continu.ml import checks
 from ia_continu.ml.evaluate import Metrics, compute_metrics
-from ia_continu.monitoring import checks
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class BatchRef:
     generated: bool  # True when this run generated it (no fresh data had arrived)
     data_source: str = "generated"  # generated | feedback | upload (monitoring_runs)
     # Set when the batch holds labelled traffic: stored with the run, so it is not reused.
-    watermark: repo.FeedbackWatermark | None = None
+    watermark: db_predictions.FeedbackWatermark | None = None
     note: str | None = None  # why this data (e.g. feedback still below IA_MIN_FEEDBACK)
 
 
@@ -137,7 +140,7 @@ class MlflowLink:
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    run: repo.MonitoringRunRecord  # as stored
+    run: db_runs.MonitoringRunRecord  # as stored
     mlflow_url: str | None  # link to the run's MLflow run, for the notification
     notified: bool | None  # None when the caller sends the notification itself
 
@@ -175,17 +178,17 @@ def find_fresh_batch(
             now=now,
             seed=request.seed,
         )
-    after = repo.get_last_monitored_generation_id(engine) or 0
-    champion = repo.get_active_model(engine)
+    after = db_runs.get_last_monitored_generation_id(engine) or 0
+    champion = db_models.get_active_model(engine)
     trained_on = champion.generation_id if champion else None
     fresh = [
         d
-        for d in repo.list_datasets_since(engine, after)
+        for d in db_datasets.list_datasets_since(engine, after)
         if d.generation_id != trained_on and d.source != "feedback"
     ]
-    labelled = repo.collect_labelled_feedback(
+    labelled = db_predictions.collect_labelled_feedback(
         engine,
-        after=repo.get_feedback_watermark(engine),
+        after=db_predictions.get_feedback_watermark(engine),
         min_rows=settings.min_feedback,
         limit=FEEDBACK_WINDOW,
     )
@@ -237,8 +240,8 @@ def find_fresh_batch(
 def store_feedback_batch(
     *,
     engine: Engine,
-    labelled: repo.LabelledFeedback,
-    uploads: list[repo.DatasetRecord],
+    labelled: db_predictions.LabelledFeedback,
+    uploads: list[db_datasets.DatasetRecord],
     hour: int,
     now: datetime,
 ) -> BatchRef:
@@ -260,7 +263,7 @@ def store_feedback_batch(
         target=np.concatenate(target).astype(np.int64),
         hour=hour,
     )
-    stored = repo.insert_dataset(engine, dataset, created_at=now, source="feedback")
+    stored = db_datasets.insert_dataset(engine, dataset, created_at=now, source="feedback")
     note = f"{len(labelled.target)} labelled predictions (of {labelled.available} new)"
     if uploads:
         note += " + uploaded generations " + ", ".join(str(u.generation_id) for u in uploads)
@@ -290,7 +293,7 @@ def generate_batch(
 
     seed = secrets.randbits(63) if seed is None else seed  # stored: the batch can be redrawn
     dataset = generate_dataset(samples, hour=hour, seed=seed)
-    record = repo.insert_dataset(engine, dataset, created_at=now, seed=seed, source=source)
+    record = db_datasets.insert_dataset(engine, dataset, created_at=now, seed=seed, source=source)
     return BatchRef(
         generation_id=record.generation_id,
         hour=hour,
@@ -303,9 +306,9 @@ def generate_batch(
 def evaluate_champion(*, engine: Engine, batch: BatchRef) -> ChampionCheck | None:
     """The active model's accuracy, precision, recall and F1 on the batch (None when
     no model is active yet)."""
-    from ia_continu.ml.lifecycle import model_from_record
+    from ia_continu.db.model_files import model_from_record
 
-    record = repo.get_active_model(engine)
+    record = db_models.get_active_model(engine)
     if record is None:
         return None
     model = model_from_record(record)
@@ -330,7 +333,7 @@ def compute_drift(
     """KS and PSI per feature: the champion's training data against the batch, and
     against the live inputs logged by /predict when at least min_live_predictions exist."""
     reference = (
-        repo.load_dataset(engine, champion.generation_id)
+        db_datasets.load_dataset(engine, champion.generation_id)
         if champion.generation_id is not None
         else None
     )
@@ -343,7 +346,7 @@ def compute_drift(
         )
     current = _load(engine, batch.generation_id)
     drift = checks.compute_drift_report(reference.features, current.features)
-    live = repo.load_live_features(engine, since=live_since, limit=LIVE_WINDOW)
+    live = db_predictions.load_live_features(engine, since=live_since, limit=LIVE_WINDOW)
     live_drift = None
     # Labelled traffic: the batch's own inputs are live inputs, whatever their number.
     if len(live) >= settings.min_live_predictions or (
@@ -385,13 +388,13 @@ def decide(
 
 def judge_shadow(*, settings: Settings, engine: Engine) -> ShadowVerdict | None:
     """IA_PROMOTE_ON=shadow: the challenger served in shadow (the agreed rule in
-    repository.get_shadow_model) against the champion on the labelled live rows both
+    db/models.py: get_shadow_model) against the champion on the labelled live rows both
     scored. None when there is no champion or no shadow challenger."""
-    champion = repo.get_active_model(engine)
-    shadow = repo.get_shadow_model(engine)
+    champion = db_models.get_active_model(engine)
+    shadow = db_models.get_shadow_model(engine)
     if champion is None or shadow is None:
         return None
-    cmp = repo.compare_on_shadow_rows(
+    cmp = db_predictions.compare_on_shadow_rows(
         engine, champion_version=champion.version, challenger_version=shadow.version
     )
     needed = settings.min_feedback
@@ -440,7 +443,8 @@ def train_challenger(
 ) -> ChallengerOutcome:
     """Train on the batch exactly as /retrain does (MLflow run, registered version) with
     the alias ``challenger``, then score the champion on the challenger's held-out rows."""
-    from ia_continu.ml import lifecycle
+    from ia_continu.db import model_files
+    from ia_continu.services import lifecycle
 
     outcome = lifecycle.retrain(
         settings=settings,
@@ -454,10 +458,10 @@ def train_challenger(
     champion_accuracy: float | None = None
     promote = True  # no champion: the first model is served
     if champion_version is not None:
-        record = repo.get_model(engine, champion_version)
+        record = db_models.get_model(engine, champion_version)
         if record is None:
-            raise lifecycle.UnknownModelError(f"champion {champion_version} disappeared")
-        champion_model = lifecycle.model_from_record(record)
+            raise model_files.UnknownModelError(f"champion {champion_version} disappeared")
+        champion_model = model_files.model_from_record(record)
         predicted, _ = champion_model.predict_batch(outcome.result.x_test)
         champion_accuracy = compute_metrics(outcome.result.y_test, predicted).accuracy
         promote = checks.should_promote(
@@ -478,7 +482,8 @@ def train_challenger(
 def promote_challenger(*, settings: Settings, engine: Engine, version: str) -> None:
     """Make the challenger the champion: MLflow alias, active row (every API process
     serves it within its refresh interval), and drop its ``challenger`` alias."""
-    from ia_continu.ml import lifecycle, registry
+    from ia_continu.registry import core as registry
+    from ia_continu.services import lifecycle
 
     lifecycle.activate_version(settings=settings, engine=engine, version=version)
     try:
@@ -488,10 +493,10 @@ def promote_challenger(*, settings: Settings, engine: Engine, version: str) -> N
 
 
 def log_run_metrics(
-    *, settings: Settings, run: repo.MonitoringRunRecord, now: datetime
+    *, settings: Settings, run: db_runs.MonitoringRunRecord, now: datetime
 ) -> MlflowLink:
     """The run's figures as an MLflow run in the project's experiment."""
-    from ia_continu.ml import registry
+    from ia_continu.registry import core as registry
 
     metrics: dict[str, float] = {
         "drift_detected": float(run.drift_detected),
@@ -543,7 +548,7 @@ def log_run_metrics(
 def reconcile_registry(*, settings: Settings, engine: Engine) -> int:
     """Repair registry debris of failed retrains (docs/mlflow.md); the number of
     changes. A separate step: its failure never changes the run."""
-    from ia_continu.ml.reconcile import reconcile_registry as reconcile
+    from ia_continu.services.reconcile import reconcile_registry as reconcile
 
     report = reconcile(settings=settings, engine=engine)
     for change in report.changes:
@@ -551,12 +556,12 @@ def reconcile_registry(*, settings: Settings, engine: Engine) -> int:
     return len(report.changes)
 
 
-def record_run(*, engine: Engine, run: repo.MonitoringRunRecord) -> repo.MonitoringRunRecord:
-    return repo.insert_monitoring_run(engine, run)
+def record_run(*, engine: Engine, run: db_runs.MonitoringRunRecord) -> db_runs.MonitoringRunRecord:
+    return db_runs.insert_monitoring_run(engine, run)
 
 
 def notify_run(
-    *, settings: Settings, run: repo.MonitoringRunRecord, mlflow_url: str | None
+    *, settings: Settings, run: db_runs.MonitoringRunRecord, mlflow_url: str | None
 ) -> bool:
     """Send the run's Discord embed; True when delivered. Never raises."""
     from ia_continu.notify import discord
@@ -582,12 +587,12 @@ def prune_data(*, settings: Settings, engine: Engine) -> str:
     return report.describe()
 
 
-def run_to_dict(run: repo.MonitoringRunRecord) -> dict[str, Any]:
+def run_to_dict(run: db_runs.MonitoringRunRecord) -> dict[str, Any]:
     return asdict(run)
 
 
 def _load(engine: Engine, generation_id: int) -> Any:
-    dataset = repo.load_dataset(engine, generation_id)
+    dataset = db_datasets.load_dataset(engine, generation_id)
     if dataset is None:
         raise LookupError(f"generation_id {generation_id} does not exist")
     return dataset
@@ -623,16 +628,16 @@ async def execute_run(
     request = request or RunRequest()
     t0 = time.perf_counter()
     draft = _Draft(
-        repo.MonitoringRunRecord(
+        db_runs.MonitoringRunRecord(
             started_at=clock(), status="failed", decision="failed", flow_run_id=flow_run_id
         )
     )
     try:
         # Known even if the run fails at its first step: the embed says what is served.
-        draft.update(champion_version=repo.get_active_version(engine))
+        draft.update(champion_version=db_models.get_active_version(engine))
         if check_health:
             await run_step(check_api_health, api_url=settings.api_url)
-        previous = repo.get_latest_monitoring_run(engine)
+        previous = db_runs.get_latest_monitoring_run(engine)
         found: BatchRef | NoFreshData = await run_step(
             find_fresh_batch, settings=settings, engine=engine, request=request, now=clock()
         )
@@ -740,7 +745,7 @@ class _Draft:
     still records what it measured (drift, accuracy, a challenger trained but not
     promoted)."""
 
-    def __init__(self, run: repo.MonitoringRunRecord) -> None:
+    def __init__(self, run: db_runs.MonitoringRunRecord) -> None:
         self.run = run
 
     def update(self, **changes: Any) -> None:

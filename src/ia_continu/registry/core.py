@@ -21,7 +21,7 @@ import httpx
 
 from ia_continu.config import Settings
 from ia_continu.ml.train import TrainingResult
-from ia_continu.ml.warmup import wait_until_warm
+from ia_continu.ml.warm_gate import wait_until_warm
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -161,7 +161,7 @@ def _begin(settings: Settings, deadline: Deadline | None = None) -> tuple[Any, D
 
 def prepare(settings: Settings) -> Any:
     """Imports and the client: nothing here touches the network (after the API's
-    warm-up, see ml/warmup.py, it costs nothing)."""
+    warm-up, see registry/warmup.py, it costs nothing)."""
     client = _client(settings)
     _pip_requirements()  # imports mlflow.sklearn and skops
     return client
@@ -190,7 +190,7 @@ def check_tracking_server(
     """Fail fast (RegistryUnavailableError) when an HTTP tracking server does not answer.
 
     Every MLflow entry point calls this first, so it also waits for a running warm-up
-    (concurrent imports of mlflow are unsafe, see ml/warmup.py)."""
+    (concurrent imports of mlflow are unsafe, see registry/warmup.py)."""
     wait_until_warm()
     uri = settings.mlflow_tracking_uri
     if not uri.startswith(("http://", "https://")):
@@ -626,7 +626,7 @@ class _Laps:
 def warm_up(result: TrainingResult) -> None:
     """Import mlflow, its sklearn flavor, skops and the REST client machinery and save
     ``result`` as an MLflow model in a temporary directory: the first retrain's ~3-5 s
-    of one-off CPU. Never touches the network. See ml/warmup.py."""
+    of one-off CPU. Never touches the network. See registry/warmup.py."""
     from types import SimpleNamespace
 
     from mlflow.entities import LoggedModelOutput, Metric  # noqa: F401
