@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from ia_continu.cli.simulate_traffic import run_traffic_simulation
 from ia_continu.config import Settings
 from ia_continu.db import predictions as db_predictions
 from ia_continu.db.tables import feedback, monitoring_runs, predictions
-from ia_continu.services.simulate_traffic import run_traffic_simulation
 
 pytestmark = pytest.mark.slow
 
