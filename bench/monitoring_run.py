@@ -71,6 +71,7 @@ def main() -> int:
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
     from ia_continu.services import monitoring as service
+    from ia_continu.services import monitoring_types
 
     tmp = Path(tempfile.mkdtemp(prefix="ia-bench-monitor-"))
     settings = Settings(  # type: ignore[call-arg]
@@ -89,7 +90,10 @@ def main() -> int:
     async def one(hour: int) -> float:
         t0 = time.perf_counter()
         outcome = await service.execute_run(
-            settings=settings, engine=engine, request=service.RunRequest(hour=hour), notify=False
+            settings=settings,
+            engine=engine,
+            request=monitoring_types.RunRequest(hour=hour),
+            notify=False,
         )
         elapsed = time.perf_counter() - t0
         assert outcome.run.status != "failed", outcome.run.error

@@ -43,8 +43,9 @@ from ia_continu.db import predictions as db_predictions
 from ia_continu.db import predictions_insert as db_predictions_insert
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
-from ia_continu.db.retention import RetentionPolicy, database_bytes, prune
+from ia_continu.db.retention import RetentionPolicy, prune
 from ia_continu.db.tables import predictions
+from ia_continu.db.vacuum import database_bytes
 from ia_continu.ml.predictor import LinearModel
 
 RESULTS_DIR = Path(__file__).with_name("results")

@@ -37,6 +37,7 @@ from ia_continu.config import Settings
 from ia_continu.db import datasets as db_datasets
 from ia_continu.db import models as db_models
 from ia_continu.registry import core as registry
+from ia_continu.registry import training_runs
 from ia_continu.services import lifecycle
 from ia_continu.services.reconcile import reconcile_registry
 from tests.conftest import FIXED_NOW, LiveServer
@@ -301,7 +302,7 @@ def test_monitoring_flow_runs_the_reconcile_step(
         generate_dataset(300, hour=2, seed=5),
         hyperparameters=lifecycle.hyperparameters_from(settings),
     )
-    stray = registry.log_training_run(
+    stray = training_runs.log_training_run(
         settings=settings, result=result, generation_id=1, now=FIXED_NOW, alias=None
     )
     client = _client(settings)

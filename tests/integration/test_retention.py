@@ -30,15 +30,9 @@ from ia_continu.db import predictions_insert as db_predictions_insert
 from ia_continu.db import sql as db_sql
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
-from ia_continu.db.retention import (
-    RetentionPolicy,
-    _prune_lock,
-    database_bytes,
-    parse_duration,
-    prune,
-    sqlite_auto_vacuum,
-)
+from ia_continu.db.retention import RetentionPolicy, _prune_lock, parse_duration, prune
 from ia_continu.db.tables import predictions
+from ia_continu.db.vacuum import database_bytes, sqlite_auto_vacuum
 from ia_continu.ml.data import Dataset
 from ia_continu.ml.predictor import LinearModel
 from tests.conftest import LiveServer

@@ -65,6 +65,7 @@ def monitor_run(
         from ia_continu.db.engine import create_db_engine
         from ia_continu.db.migrate import upgrade_database
         from ia_continu.services import monitoring as service
+        from ia_continu.services import monitoring_types
 
         engine = create_db_engine(settings.resolved_database_url)
         upgrade_database(engine)
@@ -73,7 +74,7 @@ def monitor_run(
                 service.execute_run(
                     settings=settings,
                     engine=engine,
-                    request=service.RunRequest(hour=hour, samples=samples),
+                    request=monitoring_types.RunRequest(hour=hour, samples=samples),
                 )
             )
         finally:

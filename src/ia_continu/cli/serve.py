@@ -30,7 +30,7 @@ def serve(
         _migrate_or_exit(settings, create_db_engine, upgrade_database)
         _run_uvicorn(uvicorn, settings)
     finally:  # the multiprocess files are memory on a tmpfs: give it back
-        from ia_continu.api.metrics import remove_multiprocess_dir
+        from ia_continu.api.metrics_multiprocess import remove_multiprocess_dir
 
         remove_multiprocess_dir(metrics_dir)
 
@@ -93,7 +93,7 @@ def _prepare_serving(settings: Settings) -> Path:
     starts. Returns the metrics directory."""
     import os
 
-    from ia_continu.api.metrics import prepare_multiprocess_dir
+    from ia_continu.api.metrics_multiprocess import prepare_multiprocess_dir
     from ia_continu.api.security import SecurityConfigError, check_startup_security
 
     try:

@@ -44,6 +44,7 @@ from ia_continu.config import Settings
 from ia_continu.ml.data import generate_dataset
 from ia_continu.ml.predictor import LinearModel
 from ia_continu.services import monitoring as service
+from ia_continu.services import monitoring_steps
 from ia_continu.services.simulate import SIM_START, _silenced
 
 CALL_ROWS = 100  # rows per /predict/batch call: many small clients rather than one
@@ -170,7 +171,7 @@ def run_traffic_simulation(
         with _silenced(quiet):
             registry.ensure_experiment(settings, artifact_location=artifact_location)
             # The champion deployed when the traffic starts (and never retrained below).
-            first = service.generate_batch(
+            first = monitoring_steps.generate_batch(
                 engine=engine,
                 hour=0,
                 samples=settings.monitor_batch_size,

@@ -67,6 +67,6 @@ _frozen = False
 def warm_up() -> None:
     """Import and exercise scikit-learn and mlflow (no network, no database)."""
     from ia_continu.ml.train import warm_up_training
-    from ia_continu.registry import core as registry
+    from ia_continu.registry import training_runs
 
-    registry.warm_up(warm_up_training())
+    training_runs.warm_up(warm_up_training())

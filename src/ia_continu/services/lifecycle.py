@@ -21,7 +21,8 @@ from ia_continu.ml.train import Hyperparameters, TrainingResult, train_model
 from ia_continu.ml.warm_gate import wait_until_warm
 
 if TYPE_CHECKING:
-    from ia_continu.registry.core import Deadline, RegisteredRun
+    from ia_continu.registry.core import Deadline
+    from ia_continu.registry.training_runs import RegisteredRun
 from ia_continu.db.model_files import UnknownModelError, model_from_record, save_model_file
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def retrain(
     failure after the row was stored leaves that row inactive (see docs/mlflow.md).
     """
     from ia_continu.registry import core as registry
+    from ia_continu.registry import training_runs
 
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
@@ -100,7 +102,7 @@ def retrain(
 
     deadline = registry.Deadline(settings.mlflow_deadline)
     with clock("mlflow"):  # = mlflow_run + mlflow_model_log + registration + finish
-        run = registry.log_training_run(
+        run = training_runs.log_training_run(
             settings=settings,
             result=result,
             generation_id=generation_id,
@@ -299,12 +301,13 @@ def _discard_now(settings: Settings, run: RegisteredRun) -> None:
     """The version was registered but its row could not be stored: tag it orphan and
     mark its run FAILED, best effort (reconcile does it otherwise)."""
     from ia_continu.registry import core as registry
+    from ia_continu.registry import training_runs
 
     try:
         registry.run_with_deadline(
             registry.Deadline(settings.mlflow_deadline),
             "tagging an orphan version",
-            lambda _: registry.discard_registered_run(
+            lambda _: training_runs.discard_registered_run(
                 settings, run_id=run.run_id, registry_version=run.registry_version
             ),
         )

@@ -25,6 +25,7 @@ from ia_continu.ml.data import Dataset, generate_dataset
 from ia_continu.ml.evaluate import compute_metrics
 from ia_continu.ml.predictor import LinearModel
 from ia_continu.services import monitoring as service
+from ia_continu.services import monitoring_steps
 
 SIM_START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -140,7 +141,7 @@ async def _simulate(
             )
             # The model deployed when the simulation starts (and never retrained below).
             first = await asyncio.to_thread(
-                service.generate_batch,
+                monitoring_steps.generate_batch,
                 engine=engine,
                 hour=start_hour,
                 samples=batch,
@@ -164,7 +165,7 @@ async def _simulate(
             t0 = time.perf_counter()
             with _silenced(quiet):
                 await asyncio.to_thread(
-                    service.generate_batch,
+                    monitoring_steps.generate_batch,
                     engine=engine,
                     hour=hour,
                     samples=batch,

@@ -76,6 +76,7 @@ async def run_now(
     import asyncio
 
     from ia_continu.services import monitoring as service
+    from ia_continu.services import monitoring_steps, monitoring_types
 
     body = body or MonitoringRunRequest()
     # Shares /retrain's lock: one training at a time in this process.
@@ -85,7 +86,9 @@ async def run_now(
         outcome = await service.execute_run(
             settings=state.settings,
             engine=state.engine,
-            request=service.RunRequest(hour=body.hour, samples=body.samples, seed=body.seed),
+            request=monitoring_types.RunRequest(
+                hour=body.hour, samples=body.samples, seed=body.seed
+            ),
             check_health=False,  # this process is answering: it is up
             notify=False,
             clock=state.clock,
@@ -95,6 +98,9 @@ async def run_now(
     if outcome.run.decision == "promoted":
         await asyncio.to_thread(state.refresh_model)  # serve it now, not at the next poll
     background.add_task(
-        service.notify_run, settings=state.settings, run=outcome.run, mlflow_url=outcome.mlflow_url
+        monitoring_steps.notify_run,
+        settings=state.settings,
+        run=outcome.run,
+        mlflow_url=outcome.mlflow_url,
     )
     return _to_schema(outcome.run)
