@@ -34,10 +34,7 @@ from ia_continu.api.metrics_multiprocess import (
     read_served_versions,
 )
 from ia_continu.api.security import ASGIApp, Message, Receive, Scope, Send
-from ia_continu.config import (
-    Settings,
-    get_prometheus_multiproc_dir,
-)
+from ia_continu.config import Settings, get_prometheus_multiproc_dir
 
 if TYPE_CHECKING:
     from ia_continu.services.predlog import PredictionLogCounters, PredictionLogger

@@ -9,9 +9,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from ia_continu.config import (
-    Settings,
-)
+from ia_continu.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from ia_continu.config import (
-    PROMETHEUS_MULTIPROC_ENV,
-    Settings,
-    get_runtime_tmpfs_dirs,
-)
+from ia_continu.config import PROMETHEUS_MULTIPROC_ENV, Settings, get_runtime_tmpfs_dirs
 
 # A tmpfs with less free space than this is passed over (each worker's files take ~64 KiB
 # each and grow by doubling; a write into a memory-mapped page the file system cannot

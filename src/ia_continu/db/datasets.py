@@ -15,10 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ia_continu.db.engine import WRITE
 from ia_continu.db.sql import _utc
-from ia_continu.db.tables import (
-    dataset_samples,
-    datasets,
-)
+from ia_continu.db.tables import dataset_samples, datasets
 from ia_continu.ml.data import Dataset
 
 

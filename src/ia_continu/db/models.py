@@ -12,9 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ia_continu.db.engine import WRITE
 from ia_continu.db.sql import _utc
-from ia_continu.db.tables import (
-    models,
-)
+from ia_continu.db.tables import models
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,7 @@ from sqlalchemy.engine import Engine
 
 from ia_continu.db.engine import WRITE
 from ia_continu.db.sql import _utc
-from ia_continu.db.tables import (
-    monitoring_runs,
-)
+from ia_continu.db.tables import monitoring_runs
 
 DRIFT_FEATURES = ("feature1", "feature2")
 

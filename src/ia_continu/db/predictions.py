@@ -14,11 +14,7 @@ from numpy.typing import NDArray
 from sqlalchemy.engine import Engine
 
 from ia_continu.db.sql import _finite_mean, _utc, time_bucket
-from ia_continu.db.tables import (
-    feedback,
-    monitoring_runs,
-    predictions,
-)
+from ia_continu.db.tables import feedback, monitoring_runs, predictions
 
 
 def load_live_features(

@@ -9,9 +9,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ia_continu.db.engine import WRITE
 from ia_continu.db.predictions import epoch_us_to_datetime
-from ia_continu.db.tables import (
-    predictions,
-)
+from ia_continu.db.tables import predictions
 
 # One logged prediction as the API queues it: (time in integer microseconds since the
 # epoch, UTC; feature1, feature2, prediction, confidence, model_version). A plain tuple is

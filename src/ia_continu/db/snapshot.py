@@ -9,10 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ia_continu.db.sql import _utc
-from ia_continu.db.tables import (
-    models,
-    monitoring_runs,
-)
+from ia_continu.db.tables import models, monitoring_runs
 
 
 @dataclass(frozen=True, slots=True)
