@@ -6,10 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from ia_continu.config import get_settings
-from ia_continu.db import models as db_models
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.ml.predictor import LinearModel
+
+try:  # one module per aggregate (db/models.py) since the layout refactor
+    from ia_continu.db import models as db_models
+except ImportError:  # the baseline tree of bench/feedback.py's /predict A/B predates it
+    from ia_continu.db import repository as db_models  # type: ignore[no-redef]
 
 
 def main() -> None:
