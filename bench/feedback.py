@@ -215,7 +215,7 @@ def seed_performance(database_url: str, predictions: int, labels: int) -> None:
     import numpy as np
 
     from ia_continu.api.ids import new_prediction_ids
-    from ia_continu.db import repository as repo
+    from ia_continu.db import predictions_insert as db_predictions_insert
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.feedback import upsert_feedback
     from ia_continu.db.migrate import upgrade_database
@@ -238,7 +238,7 @@ def seed_performance(database_url: str, predictions: int, labels: int) -> None:
             x1, x2 = rng.normal(size=2).tolist()
             pred = int(x1 > 0)
             block.append((us, x1, x2, pred, 0.8, version, pid, "v3", int(x2 > 0), 0.7))
-        repo.insert_predictions(engine, block)
+        db_predictions_insert.insert_predictions(engine, block)
     chosen = rng.choice(predictions, labels, replace=False)
     items = [(ids[i], int(rng.integers(0, 2))) for i in chosen.tolist()]
     # Received later than served (the delay percentiles are not all zero).

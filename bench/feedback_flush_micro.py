@@ -37,7 +37,10 @@ def _rows(n: int) -> list[Any]:
 
 
 def child(rows: int, early: bool) -> None:
-    from ia_continu.db import repository as repo
+    try:  # one module per aggregate since the layout refactor
+        from ia_continu.db import predictions_insert as repo
+    except ImportError:  # a baseline tree from before it
+        from ia_continu.db import repository as repo  # type: ignore[no-redef]
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.feedback import upsert_feedback
     from ia_continu.db.migrate import upgrade_database
@@ -61,7 +64,10 @@ def child(rows: int, early: bool) -> None:
 
 
 def child_upsert(rows: int) -> None:
-    from ia_continu.db import repository as repo
+    try:  # one module per aggregate since the layout refactor
+        from ia_continu.db import predictions_insert as repo
+    except ImportError:  # a baseline tree from before it
+        from ia_continu.db import repository as repo  # type: ignore[no-redef]
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.feedback import upsert_feedback
     from ia_continu.db.migrate import upgrade_database

@@ -70,7 +70,8 @@ def main() -> int:
     from ia_continu.config import Settings
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
-    from ia_continu.monitoring import service
+    from ia_continu.services import monitoring as service
+    from ia_continu.services import monitoring_types
 
     tmp = Path(tempfile.mkdtemp(prefix="ia-bench-monitor-"))
     settings = Settings(  # type: ignore[call-arg]
@@ -89,7 +90,10 @@ def main() -> int:
     async def one(hour: int) -> float:
         t0 = time.perf_counter()
         outcome = await service.execute_run(
-            settings=settings, engine=engine, request=service.RunRequest(hour=hour), notify=False
+            settings=settings,
+            engine=engine,
+            request=monitoring_types.RunRequest(hour=hour),
+            notify=False,
         )
         elapsed = time.perf_counter() - t0
         assert outcome.run.status != "failed", outcome.run.error
@@ -115,8 +119,8 @@ def main() -> int:
     results["in_process_retrain_promote"] = _stats(retrain)
 
     if args.prefect_api_url:
-        from ia_continu.db import repository as repo
-        from ia_continu.monitoring.flows import flow_settings, monitoring_flow
+        from ia_continu.db import monitoring_runs as db_runs
+        from ia_continu.flows import flow_settings, monitoring_flow
 
         walls, recorded = [], []
         with flow_settings(settings):
@@ -126,7 +130,7 @@ def main() -> int:
                 state = asyncio.run(monitoring_flow(hour=hour, return_state=True))
                 walls.append(time.perf_counter() - t0)
                 assert state.is_completed(), state.message
-                run = repo.get_latest_monitoring_run(engine)
+                run = db_runs.get_latest_monitoring_run(engine)
                 assert run is not None and run.decision == "promoted"
                 recorded.append(run.duration_seconds or 0.0)
         results["prefect_flow_retrain_promote_wall"] = _stats(walls)

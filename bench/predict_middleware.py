@@ -49,7 +49,8 @@ def app_from_env():  # type: ignore[no-untyped-def]
 
 def _store_model(data_dir: Path) -> None:
     from ia_continu.config import get_settings
-    from ia_continu.db import repository as repo
+    from ia_continu.db import models as db_models
+    from ia_continu.db import sql as db_sql
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
     from ia_continu.ml.data import generate_dataset
@@ -66,13 +67,13 @@ def _store_model(data_dir: Path) -> None:
         random_state=42,
     )
     model = LinearModel.from_estimator(result.estimator, version="v1")
-    repo.insert_model(
+    db_models.insert_model(
         engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version="v1",
             accuracy=result.metrics.accuracy,
             training_samples=result.training_samples,
-            created_at=repo.utcnow(),
+            created_at=db_sql.utcnow(),
             is_active=True,
             parameters=model.to_json(),
         ),

@@ -4,7 +4,7 @@ per-minute rollup (after, db/rollup.py), side by side in one run, on one databas
     python bench/prediction_stats.py [ROWS] [DATABASE_URL]
 
 ROWS (default 10,000,000) predictions are spread evenly over the last 7 days and written
-through repository.insert_predictions in batches, as the API's writer does (so the rollup
+through predictions_insert.insert_predictions in batches, as the API's writer does (so the rollup
 is maintained as in production). Then, for each window, the old and the new query run in
 interleaved rounds; medians and their ratio are printed (and the writer's extra cost).
 Default database: a temporary SQLite file; an empty PostgreSQL URL works too.
@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ia_continu.db import repository as repo
+from ia_continu.db import predictions as db_predictions
+from ia_continu.db import predictions_insert as db_predictions_insert
 from ia_continu.db import rollup
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
@@ -57,7 +58,7 @@ def _seed(engine: Any, rows: int) -> tuple[float, float]:
                 strict=True,
             )
         )
-        repo.insert_predictions(engine, batch)
+        db_predictions_insert.insert_predictions(engine, batch)
     # The rollup's share of one flush as the API makes it: 5,000 rows within a minute.
     flush = [(now_us - i, 0.5, -1.2, i & 1, 0.73, "v20") for i in range(5_000)]
     with engine.connect() as conn, conn.begin():
@@ -80,7 +81,7 @@ def main(rows: int = 10_000_000, url: str = "") -> None:
         upgrade_database(engine)
         seed_s, rollup_batch_s = _seed(engine, rows)
         print(
-            f"{engine.dialect.name}: {repo.count_predictions(engine):,} rows written in "
+            f"{engine.dialect.name}: {db_predictions.count_predictions(engine):,} rows written in "
             f"{seed_s:.1f} s; rollup share of a 5,000-row flush: {rollup_batch_s * 1000:.1f} ms "
             f"({rollup_batch_s / 5_000 * 1e6:.2f} us/row)"
         )
@@ -91,14 +92,14 @@ def main(rows: int = 10_000_000, url: str = "") -> None:
             cases.append(
                 (
                     f"stats {minutes} min",
-                    lambda s=since: repo.summarize_predictions(engine, since=s),
+                    lambda s=since: db_predictions.summarize_predictions(engine, since=s),
                     lambda s=since: rollup.summarize_predictions(engine, since=s),
                 )
             )
             cases.append(
                 (
                     f"timeseries {minutes} min / {bucket} s",
-                    lambda s=since, b=bucket: repo.count_predictions_by_bucket(
+                    lambda s=since, b=bucket: db_predictions.count_predictions_by_bucket(
                         engine, since=s, bucket_seconds=b
                     ),
                     lambda s=since, b=bucket: rollup.count_predictions_by_bucket(

@@ -11,10 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ia_continu.db import repository as repo
+from ia_continu.db import predictions as db_predictions
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
-from ia_continu.monitoring.predlog import PredictionLogger
+from ia_continu.services.predlog import PredictionLogger
 
 
 def main(rows: int = 200_000, url: str = "") -> None:
@@ -35,7 +35,7 @@ def main(rows: int = 200_000, url: str = "") -> None:
         c0 = time.process_time()
         written = asyncio.run(logger.flush())
         flush_us = (time.process_time() - c0) / written * 1e6
-        assert repo.count_predictions(engine) >= rows
+        assert db_predictions.count_predictions(engine) >= rows
         backend = engine.dialect.name
         engine.dispose()
     print(f"append on the request path: {append_us:.2f} us/row")

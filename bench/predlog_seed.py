@@ -6,18 +6,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from ia_continu.config import get_settings
-from ia_continu.db import repository as repo
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.ml.predictor import LinearModel
+
+try:  # one module per aggregate (db/models.py) since the layout refactor
+    from ia_continu.db import models as db_models
+except ImportError:  # the baseline tree of bench/feedback.py's /predict A/B predates it
+    from ia_continu.db import repository as db_models  # type: ignore[no-redef]
 
 
 def main() -> None:
     engine = create_db_engine(get_settings().resolved_database_url)
     upgrade_database(engine)
-    if repo.get_active_version(engine) is None:
+    if db_models.get_active_version(engine) is None:
         model = LinearModel(version="v1", coef=(1.7, -0.9), intercept=0.2)
-        record = repo.ModelRecord(
+        record = db_models.ModelRecord(
             version="v1",
             accuracy=0.9,
             training_samples=800,
@@ -25,7 +29,7 @@ def main() -> None:
             is_active=True,
             parameters=model.to_json(),
         )
-        repo.insert_model(engine, record, activate=True)
+        db_models.insert_model(engine, record, activate=True)
     engine.dispose()
 
 

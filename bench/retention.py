@@ -7,8 +7,8 @@ during a prune vs without, side by side, on SQLite and PostgreSQL.
 
 Sizes: the database's own accounting (SQLite page_count x page_size; PostgreSQL
 pg_total_relation_size of the table, indexes and TOAST included) before and after
-inserting the rows the way the API writes them (repo.insert_predictions), and again with
-a 36-character prediction_id on every row (the feedback branch's rows).
+inserting the rows the way the API writes them (predictions_insert.insert_predictions), and
+again with a 36-character prediction_id on every row (the feedback branch's rows).
 
 p99: one `ia-continu serve` (1 worker, background prune off), one keep-alive client
 sending /predict sequentially; rounds alternate "no prune" and "a prune of old rows runs
@@ -38,11 +38,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench.servers import VENV_BIN, free_port, http_status
-from ia_continu.db import repository as repo
+from ia_continu.db import models as db_models
+from ia_continu.db import predictions as db_predictions
+from ia_continu.db import predictions_insert as db_predictions_insert
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
-from ia_continu.db.retention import RetentionPolicy, database_bytes, prune
+from ia_continu.db.retention import RetentionPolicy, prune
 from ia_continu.db.tables import predictions
+from ia_continu.db.vacuum import database_bytes
 from ia_continu.ml.predictor import LinearModel
 
 RESULTS_DIR = Path(__file__).with_name("results")
@@ -87,7 +90,7 @@ class Database:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
 
 
-def _rows(n: int, *, age_days: float, seed: int = 1) -> list[repo.PredictionRow]:
+def _rows(n: int, *, age_days: float, seed: int = 1) -> list[db_predictions_insert.PredictionRow]:
     rng = random.Random(seed)
     start = time.time_ns() // 1000 - int(age_days * DAY_US)
     return [
@@ -108,14 +111,14 @@ def insert_rows(db: Database, n: int, *, age_days: float, with_id: bool = False)
     for i in range(0, n, 5_000):
         chunk = rows[i : i + 5_000]
         if not with_id:
-            repo.insert_predictions(db.engine, chunk)
+            db_predictions_insert.insert_predictions(db.engine, chunk)
             continue
         with db.engine.begin() as conn:
             conn.execute(
                 predictions.insert(),
                 [
                     {
-                        "created_at": repo.epoch_us_to_datetime(us),
+                        "created_at": db_predictions.epoch_us_to_datetime(us),
                         "feature1": x1,
                         "feature2": x2,
                         "prediction": p,
@@ -194,9 +197,9 @@ def _p(values: list[float], q: float) -> float:
 def bench_p99(backend: str, rows: int, rounds: int, work: Path) -> dict[str, Any]:
     db = Database(backend, work)
     data_dir = work / f"api-{uuid.uuid4().hex[:6]}"
-    repo.insert_model(
+    db_models.insert_model(
         db.engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version=MODEL.version,
             accuracy=0.9,
             training_samples=800,

@@ -35,7 +35,7 @@ def test_health_returns_ok_with_version(client: Any) -> None:
 
 
 def test_generate_stores_dataset_with_seed_contract(client: Any) -> None:
-    from ia_continu.db import repository as repo
+    from ia_continu.db import datasets as db_datasets
 
     r = client.post("/generate", json={"samples": 250})
     assert r.status_code == 200
@@ -44,8 +44,8 @@ def test_generate_stores_dataset_with_seed_contract(client: Any) -> None:
     assert body["samples_created"] == 250
     assert _is_iso(body["timestamp"])
     engine = client.app.state.ia.engine
-    assert repo.count_samples(engine, body["generation_id"]) == 250
-    record = repo.get_dataset_record(engine, body["generation_id"])
+    assert db_datasets.count_samples(engine, body["generation_id"]) == 250
+    record = db_datasets.get_dataset_record(engine, body["generation_id"])
     assert record is not None and record.samples_count == 250
     # The fixed test clock says 10:30 UTC (even hour) and IA_TIMEZONE=UTC.
     assert record.hour_generated == 10
@@ -60,13 +60,14 @@ def test_generate_defaults_to_1000_samples(client: Any) -> None:
 
 
 def test_generate_hour_override_applies_drift_rule(client: Any) -> None:
-    from ia_continu.db import repository as repo
+
+    from ia_continu.db import datasets as db_datasets
 
     engine = client.app.state.ia.engine
     even = client.post("/generate", json={"samples": 500, "seed": 3, "hour": 4}).json()
     odd = client.post("/generate", json={"samples": 500, "seed": 3, "hour": 5}).json()
-    a = repo.load_dataset(engine, even["generation_id"])
-    b = repo.load_dataset(engine, odd["generation_id"])
+    a = db_datasets.load_dataset(engine, even["generation_id"])
+    b = db_datasets.load_dataset(engine, odd["generation_id"])
     assert a is not None and b is not None
     assert (a.hour, b.hour) == (4, 5)
     assert float((a.feature1 - b.feature1).mean()) == pytest.approx(0.5)
@@ -145,17 +146,18 @@ def test_retrain_confidence_is_probability_of_predicted_class(client: Any) -> No
 def test_retrain_one_class_dataset_is_422_and_changes_nothing(client: Any) -> None:
     import numpy as np
 
-    from ia_continu.db import repository as repo
+    from ia_continu.db import datasets as db_datasets
+    from ia_continu.db import models as db_models
     from ia_continu.ml.data import Dataset
 
     _train(client)
     engine = client.app.state.ia.engine
     one_class = Dataset(features=np.zeros((200, 2)), target=np.ones(200, dtype=np.int64), hour=2)
-    rec = repo.insert_dataset(engine, one_class, created_at=datetime.now().astimezone())
+    rec = db_datasets.insert_dataset(engine, one_class, created_at=datetime.now().astimezone())
     r = client.post("/retrain", json={"generation_id": rec.generation_id})
     assert r.status_code == 422
     assert "class" in r.json()["detail"]
-    assert repo.get_active_version(engine) == "v1"
+    assert db_models.get_active_version(engine) == "v1"
     assert client.post("/predict", json={"features": [1, 1]}).json()["model_version"] == "v1"
 
 

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from ia_continu.api.app import create_app
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
+from ia_continu.db import models as db_models
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.ml.predictor import LinearModel
@@ -69,9 +70,9 @@ def _seed(database_url: str) -> None:
     engine = create_db_engine(database_url)
     upgrade_database(engine)
     for model in MODELS:
-        repo.insert_model(
+        db_models.insert_model(
             engine,
-            repo.ModelRecord(
+            db_models.ModelRecord(
                 version=model.version,
                 accuracy=0.9,
                 training_samples=800,
@@ -100,7 +101,7 @@ def _datasets(database_url: str) -> dict[int, tuple[int, int]]:
     try:
         return {
             d.generation_id: (d.samples_count, d.hour_generated)
-            for d in repo.list_datasets(engine, limit=10_000)
+            for d in db_datasets.list_datasets(engine, limit=10_000)
         }
     finally:
         engine.dispose()

@@ -37,14 +37,14 @@ def _raw_http(port: int, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
 
 @pytest.mark.parametrize("route", ["/generate", "/predict", "/retrain", "/evaluate"])
 def test_body_over_limit_is_413_before_parsing(client: Any, route: str) -> None:
-    from ia_continu.db import repository as repo
+    from ia_continu.db import datasets as db_datasets
 
     # Valid JSON padded past 1 MiB: refused on size, so nothing is generated.
     body = b'{"samples": 100' + b" " * MIB + b"}"
     r = client.post(route, content=body, headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert "bytes" in r.json()["detail"]
-    assert repo.get_latest_generation_id(client.app.state.ia.engine) is None
+    assert db_datasets.get_latest_generation_id(client.app.state.ia.engine) is None
 
 
 def test_body_at_limit_is_accepted(client: Any) -> None:
@@ -66,7 +66,8 @@ def test_chunked_body_over_limit_is_413(client: Any) -> None:
 
 
 def test_body_limit_on_real_server_declared_and_streamed(live_server: LiveServer) -> None:
-    from ia_continu.db import repository as repo
+
+    from ia_continu.db import datasets as db_datasets
 
     port = live_server.port
     # Declared too large: the answer comes without the server reading the body.
@@ -86,7 +87,7 @@ def test_body_limit_on_real_server_declared_and_streamed(live_server: LiveServer
     status, _ = _raw_http(port, head, b'10\r\n{"samples": 100 \r\n' + stream)
     assert status == 413
     engine = live_server.server.config.app.state.ia.engine  # type: ignore[attr-defined]
-    assert repo.get_latest_generation_id(engine) is None
+    assert db_datasets.get_latest_generation_id(engine) is None
     # The server is still fine afterwards.
     assert httpx.post(f"{live_server.url}/generate", json={"samples": 100}).status_code == 200
 

@@ -26,13 +26,13 @@ def _params(version: str, i: int) -> str:
 
 def _store_models(engine: Any, count: int, *, active: int, start: int = 1) -> None:
     """``count`` stored versions v<start>..; v<active> is the champion."""
-    from ia_continu.db import repository as repo
+    from ia_continu.db import models as db_models
 
     for i in range(start, start + count):
         version = f"v{i}"
-        repo.insert_model(
+        db_models.insert_model(
             engine,
-            repo.ModelRecord(
+            db_models.ModelRecord(
                 version=version,
                 accuracy=0.8 + (i % 100) / 1000,
                 training_samples=800,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.ml.data import generate_dataset
@@ -21,13 +21,13 @@ def test_insert_dataset_round_trips_every_row(database_url: str, samples: int) -
     try:
         first = generate_dataset(samples, hour=3, seed=samples)
         other = generate_dataset(300, hour=4, seed=1)
-        rec = repo.insert_dataset(engine, first, created_at=datetime.now(UTC))
-        repo.insert_dataset(engine, other, created_at=datetime.now(UTC))
-        back = repo.load_dataset(engine, rec.generation_id)
+        rec = db_datasets.insert_dataset(engine, first, created_at=datetime.now(UTC))
+        db_datasets.insert_dataset(engine, other, created_at=datetime.now(UTC))
+        back = db_datasets.load_dataset(engine, rec.generation_id)
         assert back is not None
         assert back.hour == 3
         np.testing.assert_array_equal(back.features, first.features)  # bit-exact floats
         np.testing.assert_array_equal(back.target, first.target)
-        assert repo.count_samples(engine, rec.generation_id) == samples
+        assert db_datasets.count_samples(engine, rec.generation_id) == samples
     finally:
         engine.dispose()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
 from ia_continu.db.engine import create_db_engine
 from ia_continu.ml.data import iter_dataset_chunks
 
@@ -22,13 +22,13 @@ def test_cli_generate_streams_chunks_into_one_generation(tmp_path: Path) -> None
     assert "samples=2500" in result.output and "peak RSS" in result.output
 
     engine = create_db_engine(f"sqlite:///{tmp_path / 'd' / 'ia_continu_solution.db'}")
-    gid = repo.get_latest_generation_id(engine)
+    gid = db_datasets.get_latest_generation_id(engine)
     assert gid is not None
-    record = repo.get_dataset_record(engine, gid)
+    record = db_datasets.get_dataset_record(engine, gid)
     assert record is not None
     assert (record.samples_count, record.hour_generated, record.source) == (2500, 5, "cli")
     assert record.seed == 3
-    stored = repo.load_dataset(engine, gid)
+    stored = db_datasets.load_dataset(engine, gid)
     assert stored is not None and len(stored) == 2500
     # Exactly the rows of the chunked generator, in order (three chunks: 1000, 1000, 500).
     chunks = list(iter_dataset_chunks(2500, hour=5, seed=3, chunk_size=1000))

@@ -48,9 +48,9 @@ def bare_client(make_client: Callable[..., TestClient]) -> TestClient:
 
 
 def _store_champion(client: TestClient, generation_id: int, version: str = "v1") -> None:
-    from ia_continu.db import repository as repo
+    from ia_continu.db import models as db_models
 
-    record = repo.ModelRecord(
+    record = db_models.ModelRecord(
         version=version,
         accuracy=0.91,
         training_samples=800,
@@ -59,7 +59,7 @@ def _store_champion(client: TestClient, generation_id: int, version: str = "v1")
         test_samples=200,
         generation_id=generation_id,
     )
-    repo.insert_model(client.app.state.ia.engine, record, activate=True)  # type: ignore[attr-defined]
+    db_models.insert_model(client.app.state.ia.engine, record, activate=True)  # type: ignore[attr-defined]
 
 
 def _generate(client: TestClient, **body: Any) -> dict[str, Any]:
@@ -238,7 +238,8 @@ def test_dashboard_histograms_compare_champion_training_data_with_latest(
 def test_dashboard_histograms_after_rollback_follow_the_active_model(
     bare_client: TestClient,
 ) -> None:
-    from ia_continu.db import repository as repo
+
+    from ia_continu.db import models as db_models
 
     first = _generate(bare_client, samples=200, hour=2, seed=1)
     _store_champion(bare_client, first["generation_id"], version="v1")
@@ -246,7 +247,7 @@ def test_dashboard_histograms_after_rollback_follow_the_active_model(
     _store_champion(bare_client, second["generation_id"], version="v2")
     engine = bare_client.app.state.ia.engine  # type: ignore[attr-defined]
     assert bare_client.get("/dashboard/histograms").json()["reference"]["model_version"] == "v2"
-    repo.activate_model(engine, "v1")
+    db_models.activate_model(engine, "v1")
     body = bare_client.get("/dashboard/histograms").json()
     assert body["reference"]["model_version"] == "v1"
     assert body["reference"]["generation_id"] == first["generation_id"]
@@ -262,15 +263,16 @@ def test_dashboard_histograms_rejects_bad_bins_naming_it(
 
 
 def test_load_feature_sample_reads_first_rows_in_order(bare_client: TestClient) -> None:
-    from ia_continu.db import repository as repo
+
+    from ia_continu.db import datasets as db_datasets
 
     engine = bare_client.app.state.ia.engine  # type: ignore[attr-defined]
     gen = _generate(bare_client, samples=150, hour=2, seed=5)["generation_id"]
-    full = repo.load_dataset(engine, gen)
+    full = db_datasets.load_dataset(engine, gen)
     assert full is not None
-    sample = repo.load_feature_sample(engine, gen, limit=40)
+    sample = db_datasets.load_feature_sample(engine, gen, limit=40)
     assert sample is not None and sample.shape == (40, 2)
     assert (sample == full.features[:40]).all()
-    whole = repo.load_feature_sample(engine, gen, limit=10_000)
+    whole = db_datasets.load_feature_sample(engine, gen, limit=10_000)
     assert whole is not None and whole.shape == (150, 2)
-    assert repo.load_feature_sample(engine, 999, limit=10) is None
+    assert db_datasets.load_feature_sample(engine, 999, limit=10) is None

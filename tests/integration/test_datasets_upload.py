@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
 from ia_continu.db.tables import dataset_samples, datasets
 from ia_continu.ml.data import generate_dataset
 
@@ -53,7 +53,7 @@ def _counts(client: Any) -> tuple[int, int]:
 
 
 def _stored(client: Any, generation_id: int) -> Any:
-    dataset = repo.load_dataset(client.app.state.ia.engine, generation_id)
+    dataset = db_datasets.load_dataset(client.app.state.ia.engine, generation_id)
     assert dataset is not None
     return dataset
 
@@ -67,7 +67,7 @@ def test_json_upload_is_stored_as_an_upload_dataset(client: Any) -> None:
     assert body["source"] == "upload"
     ones = sum(int(t) for _, _, t in rows)
     assert body["class_counts"] == {"0": 300 - ones, "1": ones}
-    record = repo.get_dataset_record(client.app.state.ia.engine, body["generation_id"])
+    record = db_datasets.get_dataset_record(client.app.state.ia.engine, body["generation_id"])
     assert record is not None and record.source == "upload" and record.samples_count == 300
     stored = _stored(client, body["generation_id"])
     np.testing.assert_array_equal(stored.features, np.array(rows)[:, :2])  # exact floats
@@ -257,10 +257,10 @@ def test_cli_imports_a_big_csv_in_chunks_into_one_dataset(
     assert "samples=30000" in result.output and "source=upload" in result.output
     assert len(chunk_rows) > 3 and sum(chunk_rows) == 30_000  # streamed, not read whole
     generation_id = int(result.output.split("generation_id=")[1].split()[0])
-    stored = repo.load_dataset(result.engine, generation_id)
+    stored = db_datasets.load_dataset(result.engine, generation_id)
     assert stored is not None and stored.hour == 7
     np.testing.assert_array_equal(stored.features, np.array(rows)[:, :2])
-    record = repo.get_dataset_record(result.engine, generation_id)
+    record = db_datasets.get_dataset_record(result.engine, generation_id)
     assert record is not None and record.source == "upload" and record.samples_count == 30_000
 
 
@@ -277,7 +277,7 @@ def test_cli_imports_parquet(cli_env: Callable[..., Any], tmp_path: Path) -> Non
     result = cli_env(str(path), "--chunk-size", "700")
     assert result.exit_code == 0, result.output
     generation_id = int(result.output.split("generation_id=")[1].split()[0])
-    stored = repo.load_dataset(result.engine, generation_id)
+    stored = db_datasets.load_dataset(result.engine, generation_id)
     assert stored is not None
     np.testing.assert_array_equal(stored.features, rows[:, :2])
     np.testing.assert_array_equal(stored.target, rows[:, 2].astype(int))
@@ -309,4 +309,4 @@ def test_cli_bad_row_is_one_line_naming_row_and_column_and_stores_nothing(
         lines_out = result.output.strip().splitlines()
         assert lines_out == [f"ia-continu datasets import: {path}: {expected}"]
         assert _all_samples(result.engine) == 0
-        assert repo.list_datasets(result.engine) == []
+        assert db_datasets.list_datasets(result.engine) == []

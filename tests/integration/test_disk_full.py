@@ -89,7 +89,7 @@ def _env(data_dir: Path) -> dict[str, str]:
 
 def _seed_model(data_dir: Path) -> None:
     from ia_continu.config import Settings
-    from ia_continu.db import repository as repo
+    from ia_continu.db import models as db_models
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
     from ia_continu.ml.predictor import LinearModel
@@ -98,9 +98,9 @@ def _seed_model(data_dir: Path) -> None:
     engine = create_db_engine(settings.resolved_database_url)
     upgrade_database(engine)
     model = LinearModel(version="v1", coef=(1.7, -0.9), intercept=0.2)
-    repo.insert_model(
+    db_models.insert_model(
         engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version="v1",
             accuracy=0.9,
             training_samples=800,

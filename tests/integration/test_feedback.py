@@ -19,7 +19,8 @@ from sqlalchemy.engine import Engine
 
 from ia_continu.api.app import create_app
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import models as db_models
+from ia_continu.db import sql as db_sql
 from ia_continu.db import tables
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.feedback import DELAY_RELATIVE_ERROR, DELAY_UNIT_SECONDS
@@ -33,9 +34,9 @@ KEY = "feedback-test-key-3f9a1c7e55"
 
 
 def _store_model(engine: Engine, model: LinearModel, *, active: bool) -> None:
-    repo.insert_model(
+    db_models.insert_model(
         engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version=model.version,
             accuracy=0.9,
             training_samples=800,
@@ -275,7 +276,7 @@ def test_realized_metrics_equal_sklearn_on_the_same_rows(
     def expect(versions: set[str]) -> dict[str, Any]:
         mine = [i for i in labelled if rows[i]["model_version"] in versions]
         delays = [
-            (repo._utc(fb[i]["received_at"]) - repo._utc(rows[i]["created_at"])).total_seconds()
+            (db_sql._utc(fb[i]["received_at"]) - db_sql._utc(rows[i]["created_at"])).total_seconds()
             for i in mine
         ]
         served = sum(1 for r in rows.values() if r["model_version"] in versions)
@@ -403,16 +404,16 @@ def test_shadow_scores_logged_for_every_prediction_only_when_enabled(
 def test_shadow_rule_follows_the_models_table(
     make_client: Callable[..., TestClient], db: Engine
 ) -> None:
-    from ia_continu.db.repository import get_shadow_version
+    from ia_continu.db.models import get_shadow_version
 
     assert get_shadow_version(db) is None  # only the champion
     _store_model(db, SHADOW, active=False)
     assert get_shadow_version(db) == "v2"
     _store_model(db, LinearModel(version="v4", coef=(1.0, 1.0), intercept=0.0), active=False)
     assert get_shadow_version(db) == "v4"  # the newest challenger
-    repo.activate_model(db, "v2")  # v4 is still newer than the champion
+    db_models.activate_model(db, "v2")  # v4 is still newer than the champion
     assert get_shadow_version(db) == "v4"
-    repo.activate_model(db, "v4")
+    db_models.activate_model(db, "v4")
     assert get_shadow_version(db) is None  # nothing registered after the champion
     client = make_client(shadow=True)
     assert client.app.state.ia.shadow is None  # type: ignore[attr-defined]

@@ -34,9 +34,12 @@ from mlflow import MlflowClient
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
-from ia_continu.ml import lifecycle, registry
-from ia_continu.ml.reconcile import reconcile_registry
+from ia_continu.db import datasets as db_datasets
+from ia_continu.db import models as db_models
+from ia_continu.registry import core as registry
+from ia_continu.registry import training_runs
+from ia_continu.services import lifecycle
+from ia_continu.services.reconcile import reconcile_registry
 from tests.conftest import FIXED_NOW, LiveServer
 from tests.integration.processes import MlflowProcess
 from tests.integration.test_faults_mlflow import on_mlflow_call
@@ -86,11 +89,11 @@ def _client(settings: Settings) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _train(settings: Settings, engine: Engine, *, hour: int, seed: int) -> repo.ModelRecord:
+def _train(settings: Settings, engine: Engine, *, hour: int, seed: int) -> db_models.ModelRecord:
     from ia_continu.ml.data import generate_dataset
 
     dataset = generate_dataset(500, hour=hour, seed=seed)
-    record = repo.insert_dataset(engine, dataset, created_at=datetime.now(UTC), seed=seed)
+    record = db_datasets.insert_dataset(engine, dataset, created_at=datetime.now(UTC), seed=seed)
     return lifecycle.retrain(
         settings=settings, engine=engine, generation_id=record.generation_id
     ).record
@@ -100,7 +103,7 @@ def _assert_no_debris(settings: Settings, engine: Engine) -> None:
     """Every version has a models row or the orphan tag; no run RUNNING; aliases only on
     versions with a row, the champion on the active row's version."""
     client = _client(settings)
-    rows = {m.registry_version: m for m in repo.list_models(engine)}
+    rows = {m.registry_version: m for m in db_models.list_models(engine)}
     versions = client.search_model_versions(f"name = '{settings.model_name}'")
     assert versions
     for mv in versions:
@@ -108,7 +111,7 @@ def _assert_no_debris(settings: Settings, engine: Engine) -> None:
         assert (int(mv.version) in rows) != tagged, (mv.version, mv.tags)
     aliases = client.get_registered_model(settings.model_name).aliases
     assert all(int(v) in rows for v in aliases.values()), aliases
-    active = repo.get_active_model(engine)
+    active = db_models.get_active_model(engine)
     assert active is not None and int(aliases["champion"]) == active.registry_version
     experiment = client.get_experiment_by_name(settings.mlflow_experiment)
     running = client.search_runs(
@@ -188,7 +191,7 @@ def test_frozen_mlflow_gives_503_within_deadline_and_activation_does_not_wait(
         # Generous: the deadline plus training and scheduling on a loaded machine.
         assert retrain_s < 3 * DEADLINE
         assert activation_s < 3 * DEADLINE
-        assert repo.get_active_version(engine) == v1.version
+        assert db_models.get_active_version(engine) == v1.version
         assert _predict_version(url) == v1.version
 
         _signal(mlflow, signal.SIGCONT)
@@ -197,8 +200,8 @@ def test_frozen_mlflow_gives_503_within_deadline_and_activation_does_not_wait(
         r = httpx.post(f"{url}/retrain", timeout=300)
         assert r.status_code == 200, r.text
         new = r.json()["model_version"]
-        assert repo.get_active_version(engine) == new != v1.version
-        active = repo.get_active_model(engine)
+        assert db_models.get_active_version(engine) == new != v1.version
+        active = db_models.get_active_model(engine)
         assert active is not None and _champion(settings) == active.registry_version
         # Rollback works again.
         r = httpx.post(f"{url}/models/{v1.version}/activate", timeout=300)
@@ -241,7 +244,7 @@ def test_mlflow_killed_mid_retrain_then_reconcile_cli(
     assert len(running) == 1
     versions = client.search_model_versions(f"name = '{settings.model_name}'")
     assert {int(mv.version) for mv in versions} == {1, 2}
-    assert repo.get_active_version(engine) == v1.version
+    assert db_models.get_active_version(engine) == v1.version
 
     env = {
         **os.environ,
@@ -282,9 +285,9 @@ def test_monitoring_flow_runs_the_reconcile_step(
     database_url: str,
     engine: Engine,
 ) -> None:
+    from ia_continu.flows import flow_settings, monitoring_flow
     from ia_continu.ml.data import generate_dataset
     from ia_continu.ml.train import train_model
-    from ia_continu.monitoring.flows import flow_settings, monitoring_flow
 
     settings = make_settings(
         database_url=database_url,
@@ -299,7 +302,7 @@ def test_monitoring_flow_runs_the_reconcile_step(
         generate_dataset(300, hour=2, seed=5),
         hyperparameters=lifecycle.hyperparameters_from(settings),
     )
-    stray = registry.log_training_run(
+    stray = training_runs.log_training_run(
         settings=settings, result=result, generation_id=1, now=FIXED_NOW, alias=None
     )
     client = _client(settings)

@@ -67,7 +67,7 @@ def test_retrain_records_logged_model_linked_to_run_and_version(
 
 
 def test_retrain_reports_each_step_duration(client: Any, settings: Settings) -> None:
-    from ia_continu.ml import lifecycle
+    from ia_continu.services import lifecycle
 
     client.post("/generate", json={"samples": 500, "hour": 2, "seed": 4})
     outcome = lifecycle.retrain(settings=settings, engine=client.app.state.ia.engine)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ia_continu.db import repository as repo
+from ia_continu.db import monitoring_runs as db_runs
 from ia_continu.db.tables import predictions
 from tests.conftest import FIXED_NOW
 
@@ -151,7 +151,7 @@ def test_monitoring_run_rejects_bad_body_naming_the_field(
     r = client.post("/monitoring/run", json=body)
     assert r.status_code == 422
     assert any(e["loc"][-1] == field for e in r.json()["detail"])
-    assert repo.count_monitoring_runs(client.app.state.ia.engine) == 0
+    assert db_runs.count_monitoring_runs(client.app.state.ia.engine) == 0
 
 
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"offset": -1}, {"limit": "x"}])

@@ -17,9 +17,11 @@ from mlflow import MlflowClient
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
-from ia_continu.ml import lifecycle
+from ia_continu.db import datasets as db_datasets
+from ia_continu.db import models as db_models
+from ia_continu.db import monitoring_runs as db_runs
 from ia_continu.ml.data import generate_dataset
+from ia_continu.services import lifecycle
 from tests.conftest import LiveServer, free_port
 from tests.integration.discord_stub import WEBHOOK_PATH, DiscordStub
 
@@ -60,10 +62,10 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def champion(settings: Settings, engine: Engine) -> repo.ModelRecord:
+def champion(settings: Settings, engine: Engine) -> db_models.ModelRecord:
     """v1, trained on an even-hour dataset and served."""
     dataset = generate_dataset(1000, hour=CHAMPION_HOUR, seed=1)
-    record = repo.insert_dataset(engine, dataset, created_at=datetime.now(UTC), seed=1)
+    record = db_datasets.insert_dataset(engine, dataset, created_at=datetime.now(UTC), seed=1)
     outcome = lifecycle.retrain(
         settings=settings, engine=engine, generation_id=record.generation_id
     )
@@ -71,7 +73,7 @@ def champion(settings: Settings, engine: Engine) -> repo.ModelRecord:
 
 
 @pytest.fixture
-def api(champion: repo.ModelRecord, live_server: LiveServer) -> LiveServer:
+def api(champion: db_models.ModelRecord, live_server: LiveServer) -> LiveServer:
     assert _served_version(live_server.url) == champion.version
     return live_server
 
@@ -89,7 +91,7 @@ def _served_version(url: str) -> str:
 
 def _run_flow(settings: Settings, **params: Any) -> Any:
     """One flow run; returns its final Prefect state."""
-    from ia_continu.monitoring.flows import flow_settings, monitoring_flow
+    from ia_continu.flows import flow_settings, monitoring_flow
 
     with flow_settings(settings):
         return asyncio.run(monitoring_flow(**params, return_state=True))
@@ -97,7 +99,7 @@ def _run_flow(settings: Settings, **params: Any) -> Any:
 
 def _add_batch(engine: Engine, *, hour: int, seed: int, samples: int = 1000) -> int:
     dataset = generate_dataset(samples, hour=hour, seed=seed)
-    return repo.insert_dataset(
+    return db_datasets.insert_dataset(
         engine, dataset, created_at=datetime.now(UTC), seed=seed
     ).generation_id
 
@@ -117,7 +119,7 @@ def test_monitoring_flow_same_parity_takes_no_action(
     prefect_harness: None,
     flow_settings: Settings,
     engine: Engine,
-    champion: repo.ModelRecord,
+    champion: db_models.ModelRecord,
     stub: DiscordStub,
 ) -> None:
     generation_id = _add_batch(engine, hour=CHAMPION_HOUR + 2, seed=2)  # arrived via /generate
@@ -125,7 +127,7 @@ def test_monitoring_flow_same_parity_takes_no_action(
     state = _run_flow(flow_settings)
 
     assert state.is_completed()
-    run = repo.get_latest_monitoring_run(engine)
+    run = db_runs.get_latest_monitoring_run(engine)
     assert run is not None
     assert (run.status, run.decision, run.drift_detected) == ("ok", "none", False)
     assert run.generation_id == generation_id and run.hour_generated == CHAMPION_HOUR + 2
@@ -137,8 +139,8 @@ def test_monitoring_flow_same_parity_takes_no_action(
     assert run.new_version is None and run.error is None
     assert run.flow_run_id == str(state.state_details.flow_run_id)
     assert run.mlflow_run_id is not None
-    assert repo.get_active_version(engine) == champion.version
-    assert [m.version for m in repo.list_models(engine)] == [champion.version]
+    assert db_models.get_active_version(engine) == champion.version
+    assert [m.version for m in db_models.list_models(engine)] == [champion.version]
     # Green embed, "non" for drift.
     (embed,) = stub.embeds()
     assert embed["title"] == "Résultats du pipeline"
@@ -149,10 +151,10 @@ def test_monitoring_flow_same_parity_takes_no_action(
     # The next run has no fresh data: it generates its own batch, marked as such.
     state = _run_flow(flow_settings, hour=CHAMPION_HOUR)
     assert state.is_completed()
-    second = repo.get_latest_monitoring_run(engine)
+    second = db_runs.get_latest_monitoring_run(engine)
     assert second is not None and second.generation_id is not None
     assert second.generation_id > generation_id
-    record = repo.get_dataset_record(engine, second.generation_id)
+    record = db_datasets.get_dataset_record(engine, second.generation_id)
     assert record is not None and record.source == "monitor"
     assert record.samples_count == flow_settings.monitor_batch_size
 
@@ -161,7 +163,7 @@ def test_monitoring_flow_other_parity_detects_drift_retrains_promotes_and_notifi
     prefect_harness: None,
     flow_settings: Settings,
     engine: Engine,
-    champion: repo.ModelRecord,
+    champion: db_models.ModelRecord,
     api: LiveServer,
     stub: DiscordStub,
     caplog: pytest.LogCaptureFixture,
@@ -171,7 +173,7 @@ def test_monitoring_flow_other_parity_detects_drift_retrains_promotes_and_notifi
     state = _run_flow(flow_settings, hour=CHAMPION_HOUR + 1, samples=1000)
 
     assert state.is_completed()
-    run = repo.get_latest_monitoring_run(engine)
+    run = db_runs.get_latest_monitoring_run(engine)
     assert run is not None
     assert (run.status, run.decision, run.drift_detected) == ("drift", "promoted", True)
     assert run.hour_generated == CHAMPION_HOUR + 1 and run.batch_samples == 1000
@@ -185,7 +187,7 @@ def test_monitoring_flow_other_parity_detects_drift_retrains_promotes_and_notifi
     assert run.new_accuracy is not None and run.champion_accuracy_on_holdout is not None
     assert run.new_accuracy > run.champion_accuracy_on_holdout
     # The new champion everywhere: database, MLflow alias, and the running API.
-    assert repo.get_active_version(engine) == run.new_version
+    assert db_models.get_active_version(engine) == run.new_version
     ml = MlflowClient(tracking_uri=flow_settings.mlflow_tracking_uri)
     promoted = ml.get_model_version_by_alias(flow_settings.model_name, "champion")
     assert f"v{promoted.version}" == run.new_version
@@ -220,7 +222,7 @@ def test_monitoring_flow_worse_challenger_is_not_promoted_and_keeps_challenger_a
     prefect_harness: None,
     flow_settings: Settings,
     engine: Engine,
-    champion: repo.ModelRecord,
+    champion: db_models.ModelRecord,
     api: LiveServer,
     stub: DiscordStub,
 ) -> None:
@@ -230,13 +232,13 @@ def test_monitoring_flow_worse_challenger_is_not_promoted_and_keeps_challenger_a
     state = _run_flow(weak, hour=CHAMPION_HOUR + 1)
 
     assert state.is_completed()
-    run = repo.get_latest_monitoring_run(engine)
+    run = db_runs.get_latest_monitoring_run(engine)
     assert run is not None
     assert (run.status, run.decision) == ("drift", "kept_champion")
     assert run.new_version is not None
     assert run.new_accuracy is not None and run.champion_accuracy_on_holdout is not None
     assert run.new_accuracy < run.champion_accuracy_on_holdout
-    assert repo.get_active_version(engine) == champion.version
+    assert db_models.get_active_version(engine) == champion.version
     ml = MlflowClient(tracking_uri=flow_settings.mlflow_tracking_uri)
     assert f"v{ml.get_model_version_by_alias(weak.model_name, 'challenger').version}" == (
         run.new_version
@@ -262,7 +264,7 @@ def test_monitoring_flow_webhook_failure_changes_no_decision(
     prefect_harness: None,
     flow_settings: Settings,
     engine: Engine,
-    champion: repo.ModelRecord,
+    champion: db_models.ModelRecord,
     stub: DiscordStub,
     responses: list[tuple[int, dict[str, Any] | None, float]],
     expected_requests: int,
@@ -273,10 +275,10 @@ def test_monitoring_flow_webhook_failure_changes_no_decision(
     state = _run_flow(flow_settings, hour=CHAMPION_HOUR + 1)
 
     assert state.is_completed()
-    run = repo.get_latest_monitoring_run(engine)
+    run = db_runs.get_latest_monitoring_run(engine)
     assert run is not None
     assert (run.status, run.decision) == ("drift", "promoted")
-    assert repo.get_active_version(engine) == run.new_version
+    assert db_models.get_active_version(engine) == run.new_version
     assert len(stub.received) == expected_requests
     if delivered:
         assert stub.received[1].at - stub.received[0].at >= 0.15  # retry_after honoured
@@ -286,7 +288,7 @@ def test_monitoring_flow_api_down_records_failed_run_and_ends_failed(
     prefect_harness: None,
     settings: Settings,
     engine: Engine,
-    champion: repo.ModelRecord,
+    champion: db_models.ModelRecord,
     stub: DiscordStub,
 ) -> None:
     down = settings.model_copy(update={"api_url": f"http://127.0.0.1:{free_port()}"})
@@ -294,13 +296,13 @@ def test_monitoring_flow_api_down_records_failed_run_and_ends_failed(
     state = _run_flow(down, hour=CHAMPION_HOUR + 1)
 
     assert state.is_failed()
-    run = repo.get_latest_monitoring_run(engine)
+    run = db_runs.get_latest_monitoring_run(engine)
     assert run is not None
     assert (run.status, run.decision) == ("failed", "failed")
     assert "ApiUnavailableError" in (run.error or "")
     assert run.generation_id is None  # stopped at step 1: no batch, no retrain
     assert run.champion_version == champion.version
-    assert [m.version for m in repo.list_models(engine)] == [champion.version]
+    assert [m.version for m in db_models.list_models(engine)] == [champion.version]
     (embed,) = stub.embeds()
     assert embed["color"] == 0xE74C3C
     fields = _fields(embed)

@@ -17,12 +17,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
+from ia_continu.db import model_files
+from ia_continu.db import models as db_models
+from ia_continu.db import monitoring_runs as db_runs
 from ia_continu.db.tables import feedback, predictions
-from ia_continu.ml import lifecycle
 from ia_continu.ml.data import Dataset, generate_dataset
 from ia_continu.ml.evaluate import compute_metrics
-from ia_continu.monitoring import service
+from ia_continu.services import lifecycle
+from ia_continu.services import monitoring as service
 from tests.conftest import LiveServer
 from tests.integration.discord_stub import DiscordStub
 
@@ -68,14 +71,16 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def champion(settings: Settings, engine: Engine) -> repo.ModelRecord:
-    record = repo.insert_dataset(engine, generate_dataset(1000, hour=EVEN, seed=1), created_at=NOW)
+def champion(settings: Settings, engine: Engine) -> db_models.ModelRecord:
+    record = db_datasets.insert_dataset(
+        engine, generate_dataset(1000, hour=EVEN, seed=1), created_at=NOW
+    )
     return lifecycle.retrain(
         settings=settings, engine=engine, generation_id=record.generation_id, now=NOW
     ).record
 
 
-def _run(settings: Settings, engine: Engine, **overrides: Any) -> repo.MonitoringRunRecord:
+def _run(settings: Settings, engine: Engine, **overrides: Any) -> db_runs.MonitoringRunRecord:
     outcome = asyncio.run(
         service.execute_run(
             settings=settings.model_copy(update=overrides),
@@ -93,8 +98,8 @@ def _log_traffic(
     engine: Engine,
     data: Dataset,
     *,
-    served: repo.ModelRecord,
-    shadow: repo.ModelRecord | None = None,
+    served: db_models.ModelRecord,
+    shadow: db_models.ModelRecord | None = None,
     received_at: datetime = NOW,
     with_feedback: bool = True,
     with_predictions: bool = True,
@@ -103,9 +108,9 @@ def _log_traffic(
     """Prediction rows as the API logs them (served model, optional shadow score) and
     feedback rows carrying the true label."""
     ids = ids or [str(uuid.uuid4()) for _ in range(len(data))]
-    classes, confidences = lifecycle.model_from_record(served).predict_batch(data.features)
+    classes, confidences = model_files.model_from_record(served).predict_batch(data.features)
     shadow_classes = (
-        lifecycle.model_from_record(shadow).predict_batch(data.features)[0] if shadow else None
+        model_files.model_from_record(shadow).predict_batch(data.features)[0] if shadow else None
     )
     with engine.begin() as conn:
         if with_predictions:
@@ -140,17 +145,17 @@ def _log_traffic(
     return ids
 
 
-def _accuracy(record: repo.ModelRecord, data: Dataset) -> float:
-    predicted, _ = lifecycle.model_from_record(record).predict_batch(data.features)
+def _accuracy(record: db_models.ModelRecord, data: Dataset) -> float:
+    predicted, _ = model_files.model_from_record(record).predict_batch(data.features)
     return compute_metrics(data.target, predicted).accuracy
 
 
 def _dataset_count(engine: Engine) -> int:
-    return len(repo.list_datasets(engine, limit=1000))
+    return len(db_datasets.list_datasets(engine, limit=1000))
 
 
 def test_labelled_traffic_drives_the_run_and_the_challenger_serves_drift_better(
-    settings: Settings, engine: Engine, champion: repo.ModelRecord
+    settings: Settings, engine: Engine, champion: db_models.ModelRecord
 ) -> None:
     traffic = generate_dataset(800, hour=ODD, seed=21)
     _log_traffic(engine, traffic, served=champion)
@@ -164,15 +169,15 @@ def test_labelled_traffic_drives_the_run_and_the_challenger_serves_drift_better(
     assert run.live_drift is not None and "live feature1 KS p-value" in (run.reason or "")
     # The labelled rows are a dataset of their own: the challenger is reproducible.
     assert run.generation_id is not None
-    record = repo.get_dataset_record(engine, run.generation_id)
+    record = db_datasets.get_dataset_record(engine, run.generation_id)
     assert record is not None and (record.source, record.samples_count) == ("feedback", 800)
-    stored = repo.load_dataset(engine, run.generation_id)
+    stored = db_datasets.load_dataset(engine, run.generation_id)
     assert stored is not None
     np.testing.assert_array_equal(stored.features, traffic.features)
     np.testing.assert_array_equal(stored.target, traffic.target)
-    new = repo.get_model(engine, run.new_version or "")
+    new = db_models.get_model(engine, run.new_version or "")
     assert new is not None and new.generation_id == run.generation_id
-    assert repo.get_active_version(engine) == new.version
+    assert db_models.get_active_version(engine) == new.version
     # On fresh drifted data the promoted model is measurably better than the old champion.
     fresh = generate_dataset(5000, hour=ODD + 2, seed=99)
     assert _accuracy(new, fresh) > _accuracy(champion, fresh) + 0.03
@@ -196,7 +201,7 @@ def test_labelled_traffic_drives_the_run_and_the_challenger_serves_drift_better(
 
 
 def test_uploads_count_as_fresh_data_and_generation_happens_only_when_allowed(
-    settings: Settings, engine: Engine, champion: repo.ModelRecord
+    settings: Settings, engine: Engine, champion: db_models.ModelRecord
 ) -> None:
     _log_traffic(engine, generate_dataset(150, hour=EVEN, seed=31), served=champion)
 
@@ -207,10 +212,10 @@ def test_uploads_count_as_fresh_data_and_generation_happens_only_when_allowed(
 
     generated = _run(settings, engine, monitor_generate=True)
     assert generated.data_source == "generated" and generated.generation_id is not None
-    record = repo.get_dataset_record(engine, generated.generation_id)
+    record = db_datasets.get_dataset_record(engine, generated.generation_id)
     assert record is not None and record.source == "monitor"
 
-    upload = repo.insert_dataset(
+    upload = db_datasets.insert_dataset(
         engine, generate_dataset(400, hour=EVEN, seed=32), created_at=NOW, source="upload"
     )
     count = _dataset_count(engine)
@@ -227,22 +232,24 @@ def test_uploads_count_as_fresh_data_and_generation_happens_only_when_allowed(
 
 
 def test_shadow_challenger_is_promoted_only_when_it_beats_the_champion_on_shared_rows(
-    settings: Settings, engine: Engine, champion: repo.ModelRecord
+    settings: Settings, engine: Engine, champion: db_models.ModelRecord
 ) -> None:
     shadow_settings = settings.model_copy(update={"promote_on": "shadow"})
-    drifted = repo.insert_dataset(engine, generate_dataset(1000, hour=ODD, seed=41), created_at=NOW)
+    drifted = db_datasets.insert_dataset(
+        engine, generate_dataset(1000, hour=ODD, seed=41), created_at=NOW
+    )
     v2 = lifecycle.retrain(
         settings=settings, engine=engine, generation_id=drifted.generation_id, activate=False
     ).record
-    assert repo.get_shadow_model(engine) == v2
+    assert db_models.get_shadow_model(engine) == v2
 
     _log_traffic(engine, generate_dataset(150, hour=ODD, seed=42), served=champion, shadow=v2)
     # The drifted dataset just stored is fresh data: the run wants a retrain, but the
     # challenger under measurement is neither promoted nor replaced.
     waiting = _run(shadow_settings, engine)
     assert waiting.decision == "kept_champion" and waiting.new_version is None
-    assert repo.get_active_version(engine) == champion.version
-    assert len(repo.list_models(engine)) == 2
+    assert db_models.get_active_version(engine) == champion.version
+    assert len(db_models.list_models(engine)) == 2
     assert f"shadow challenger {v2.version}: 150 labelled live rows, 50 more needed" in (
         waiting.reason or ""
     )
@@ -253,30 +260,32 @@ def test_shadow_challenger_is_promoted_only_when_it_beats_the_champion_on_shared
     assert promoted.data_source == "feedback"  # 300 labelled rows: the batch too
     assert promoted.new_accuracy is not None and promoted.champion_accuracy_on_holdout is not None
     assert promoted.new_accuracy > promoted.champion_accuracy_on_holdout
-    assert repo.get_active_version(engine) == v2.version
-    assert repo.get_shadow_model(engine) is None
+    assert db_models.get_active_version(engine) == v2.version
+    assert db_models.get_shadow_model(engine) is None
 
     # A worse challenger (the old parity) in shadow on the drifted traffic: kept out.
-    even = repo.insert_dataset(engine, generate_dataset(1000, hour=EVEN, seed=44), created_at=NOW)
+    even = db_datasets.insert_dataset(
+        engine, generate_dataset(1000, hour=EVEN, seed=44), created_at=NOW
+    )
     v3 = lifecycle.retrain(
         settings=settings, engine=engine, generation_id=even.generation_id, activate=False
     ).record
     _log_traffic(engine, generate_dataset(300, hour=ODD, seed=45), served=v2, shadow=v3)
     kept = _run(shadow_settings, engine)
-    assert kept.decision != "promoted" and repo.get_active_version(engine) == v2.version
+    assert kept.decision != "promoted" and db_models.get_active_version(engine) == v2.version
     assert f"shadow challenger {v3.version}" in (kept.reason or "")
     assert "not promoted" in (kept.reason or "")
 
 
 def test_shadow_mode_keeps_a_retrained_challenger_out_of_service(
-    settings: Settings, engine: Engine, champion: repo.ModelRecord
+    settings: Settings, engine: Engine, champion: db_models.ModelRecord
 ) -> None:
     _log_traffic(engine, generate_dataset(600, hour=ODD, seed=51), served=champion)
     run = _run(settings, engine, promote_on="shadow")
     assert (run.status, run.decision, run.data_source) == ("drift", "kept_champion", "feedback")
     assert run.new_version is not None and "serves in shadow" in (run.reason or "")
-    assert repo.get_active_version(engine) == champion.version
-    shadow = repo.get_shadow_model(engine)
+    assert db_models.get_active_version(engine) == champion.version
+    shadow = db_models.get_shadow_model(engine)
     assert shadow is not None and shadow.version == run.new_version
 
 
@@ -285,17 +294,17 @@ def test_flow_run_records_the_source_and_discord_shows_it(
     prefect_harness: None,
     settings: Settings,
     engine: Engine,
-    champion: repo.ModelRecord,
+    champion: db_models.ModelRecord,
     live_server: LiveServer,
     stub: DiscordStub,
 ) -> None:
-    from ia_continu.monitoring.flows import flow_settings, monitoring_flow
+    from ia_continu.flows import flow_settings, monitoring_flow
 
     _log_traffic(engine, generate_dataset(300, hour=ODD, seed=61), served=champion)
     with flow_settings(settings.model_copy(update={"api_url": live_server.url})):
         state = asyncio.run(monitoring_flow(return_state=True))
     assert state.is_completed()
-    run = repo.get_latest_monitoring_run(engine)
+    run = db_runs.get_latest_monitoring_run(engine)
     assert run is not None and (run.data_source, run.labelled_samples) == ("feedback", 300)
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT data_source, labelled_samples FROM monitoring_runs"))

@@ -187,7 +187,7 @@ def test_prediction_log_losses_reach_the_metrics(tmp_path: Path) -> None:
     import sqlalchemy as sa
 
     from ia_continu.api.metrics import AppMetrics
-    from ia_continu.monitoring.predlog import PredictionLogger
+    from ia_continu.services.predlog import PredictionLogger
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
     logger = PredictionLogger(engine=engine, queue_size=2, batch_size=10, flush_interval=60)

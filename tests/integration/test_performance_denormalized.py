@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from ia_continu.db import repository as repo
+from ia_continu.db import predictions_insert as db_predictions_insert
+from ia_continu.db import sql as db_sql
 from ia_continu.db import tables
 from ia_continu.db.feedback import (
     DELAY_RELATIVE_ERROR,
@@ -25,10 +26,9 @@ from ia_continu.db.feedback import (
     delay_of_bucket,
     delay_percentiles,
     fill_early_feedback,
-    read_performance,
-    read_performance_buckets,
     upsert_feedback,
 )
+from ia_continu.db.performance import read_performance, read_performance_buckets
 
 BOTH = pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -51,10 +51,10 @@ def _us(when: datetime) -> int:
 
 def _random_rows(
     n: int, *, seed: int, start: datetime, span: timedelta
-) -> list[repo.FullPredictionRow]:
+) -> list[db_predictions_insert.FullPredictionRow]:
     rng = random.Random(seed)
     width = int(span.total_seconds() * 1_000_000)
-    rows: list[repo.FullPredictionRow] = []
+    rows: list[db_predictions_insert.FullPredictionRow] = []
     for _ in range(n):
         shadow = rng.choice([None, "s1", "s2"])
         rows.append(
@@ -83,7 +83,7 @@ def _brute_force(db: Any, since: datetime, until: datetime) -> dict[str, Any]:
     served: dict[str, int] = {}
     scored: dict[str, int] = {}
     for p in preds:
-        if since <= repo._utc(p["created_at"]) < until:
+        if since <= db_sql._utc(p["created_at"]) < until:
             served[p["model_version"]] = served.get(p["model_version"], 0) + 1
             if p["shadow_version"] is not None:
                 scored[p["shadow_version"]] = scored.get(p["shadow_version"], 0) + 1
@@ -92,8 +92,8 @@ def _brute_force(db: Any, since: datetime, until: datetime) -> dict[str, Any]:
     for f in labels:
         p = by_id.get(f["prediction_id"])
         if p is None:
-            orphans += since <= repo._utc(f["received_at"]) < until
-        elif since <= repo._utc(p["created_at"]) < until:
+            orphans += since <= db_sql._utc(f["received_at"]) < until
+        elif since <= db_sql._utc(p["created_at"]) < until:
             key = (p["model_version"], p["prediction"], p["shadow_version"], p["shadow_prediction"])
             key += (f["label"],)
             cells[key] = cells.get(key, 0) + 1
@@ -152,7 +152,7 @@ def test_sql_delay_bucket_is_the_python_one(db: Any) -> None:
     received = NOW
     rows = _random_rows(200, seed=1, start=NOW - timedelta(days=3), span=timedelta(days=3))
     rows += _random_rows(50, seed=2, start=NOW - timedelta(seconds=2), span=timedelta(seconds=2))
-    repo.insert_predictions(db, rows)
+    db_predictions_insert.insert_predictions(db, rows)
     upsert_feedback(db, [(r[6], rng.randint(0, 1)) for r in rows], received_at=received)
     with db.connect() as conn:
         stored = conn.execute(
@@ -183,7 +183,9 @@ def test_early_labels_are_copied_by_the_writer_flush(db: Any) -> None:
             sa.select(sa.func.count()).where(tables.feedback.c.predicted_at.is_(None))
         ).scalar_one()
     assert waiting == 20
-    repo.insert_predictions(db, rows)  # the writer's flush, nothing read in between
+    db_predictions_insert.insert_predictions(
+        db, rows
+    )  # the writer's flush, nothing read in between
     with db.connect() as conn:
         copied = {
             r["prediction_id"]: r for r in conn.execute(sa.select(tables.feedback)).mappings().all()
@@ -191,7 +193,7 @@ def test_early_labels_are_copied_by_the_writer_flush(db: Any) -> None:
     for r in early:
         f = copied[r[6]]
         assert f["predicted_at"] is not None
-        assert repo._utc(f["predicted_at"]) == datetime.fromtimestamp(r[0] / 1e6, UTC)
+        assert db_sql._utc(f["predicted_at"]) == datetime.fromtimestamp(r[0] / 1e6, UTC)
         assert (f["model_version"], f["prediction"]) == (r[5], r[3])
         assert f["predicted_day"] == r[0] // 86_400_000_000
         assert (f["shadow_version"], f["shadow_prediction"]) == (r[7], r[8])
@@ -220,8 +222,8 @@ def test_early_labels_are_found_by_the_batch_ids_when_many_wait(db: Any) -> None
     upsert_feedback(db, [(r[6], 1) for r in rows] + orphans, received_at=NOW)
     with db.begin() as conn:
         assert fill_early_feedback(conn, rows[:10]) == 0  # not written yet: nothing to copy
-    repo.insert_predictions(db, rows[:10])  # 80 waiting, 10 rows: by ids
-    repo.insert_predictions(db, rows[10:])  # 70 waiting, 20 rows: by ids
+    db_predictions_insert.insert_predictions(db, rows[:10])  # 80 waiting, 10 rows: by ids
+    db_predictions_insert.insert_predictions(db, rows[10:])  # 70 waiting, 20 rows: by ids
     with db.connect() as conn:
         left = conn.execute(
             sa.select(tables.feedback.c.prediction_id).where(
@@ -237,7 +239,7 @@ def test_a_label_whose_copy_is_missing_still_counts(db: Any) -> None:
     """A prediction written concurrently with its label on PostgreSQL (neither
     transaction saw the other's row) leaves the copy empty: the read joins those."""
     rows = _random_rows(10, seed=5, start=NOW - timedelta(minutes=3), span=timedelta(minutes=1))
-    repo.insert_predictions(db, rows)
+    db_predictions_insert.insert_predictions(db, rows)
     upsert_feedback(db, [(r[6], 1) for r in rows] + [(str(uuid.uuid4()), 0)], received_at=NOW)
     with db.begin() as conn:  # as if the race had happened
         conn.execute(
@@ -262,7 +264,7 @@ def test_windows_with_partial_minutes_at_both_edges_match_the_raw_rows(db: Any) 
     labelled = rng.sample(rows, 900)
     upsert_feedback(db, [(r[6], rng.randint(0, 1)) for r in labelled[:300]], received_at=NOW)
     for i in range(0, len(rows), 500):  # several flushes, early labels in between
-        repo.insert_predictions(db, rows[i : i + 500])
+        db_predictions_insert.insert_predictions(db, rows[i : i + 500])
     upsert_feedback(db, [(r[6], rng.randint(0, 1)) for r in labelled[300:]], received_at=NOW)
     upsert_feedback(db, [(str(uuid.uuid4()), 1) for _ in range(3)], received_at=NOW)
     windows = [
@@ -292,8 +294,8 @@ def test_served_counts_reach_beyond_the_old_eight_day_horizon(db: Any) -> None:
         when = NOW - timedelta(days=days)
         rows += _random_rows(50, seed=seed, start=when, span=timedelta(hours=2))
     rows.sort()
-    repo.insert_predictions(db, rows[:100])  # the writer's rollup must keep these
-    repo.insert_predictions(db, rows[100:])
+    db_predictions_insert.insert_predictions(db, rows[:100])  # the writer's rollup must keep these
+    db_predictions_insert.insert_predictions(db, rows[100:])
     rng = random.Random(9)
     upsert_feedback(db, [(r[6], rng.randint(0, 1)) for r in rows[::4]], received_at=NOW)
     _assert_matches(db, NOW - timedelta(days=90), NOW)

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from ia_continu.api.app import create_app
 from ia_continu.api.ids import new_prediction_ids
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import models as db_models
+from ia_continu.db import predictions_insert as db_predictions_insert
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.ml.predictor import LinearModel
@@ -30,9 +31,9 @@ def client(
 ) -> Iterator[tuple[TestClient, sa.Engine]]:
     engine = create_db_engine(database_url)
     upgrade_database(engine)
-    repo.insert_model(
+    db_models.insert_model(
         engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version="v1",
             accuracy=0.9,
             training_samples=800,
@@ -57,7 +58,7 @@ def test_buckets_match_the_rows(client: tuple[TestClient, sa.Engine]) -> None:
     old_us = (time.time_ns() // 1000) - 2 * 3600 * 1_000_000
     old_ids = new_prediction_ids(60, old_us)
     classes, confidences = CHAMPION.predict_batch(np.array(x[:60]))
-    repo.insert_predictions(
+    db_predictions_insert.insert_predictions(
         engine,
         [
             (old_us, x[i][0], x[i][1], int(classes[i]), float(confidences[i]), "v0",

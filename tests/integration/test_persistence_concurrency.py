@@ -48,14 +48,14 @@ def test_restart_serves_model_with_mlflow_down_and_no_disk_copy(settings: Settin
 
 def test_other_process_activation_is_served_within_a_second(settings: Settings) -> None:
     """A model activated by another process (the flow, another worker) is picked up."""
-    from ia_continu.db import repository as repo
+    from ia_continu.db import models as db_models
 
     with LiveServer(_app(settings)) as server:
         httpx.post(f"{server.url}/generate", json={"samples": 300, "seed": 1})
         v1 = httpx.post(f"{server.url}/retrain", timeout=60).json()["model_version"]
         v2 = httpx.post(f"{server.url}/retrain", timeout=60).json()["model_version"]
         engine = server.server.config.app.state.ia.engine  # type: ignore[attr-defined]
-        repo.activate_model(engine, v1)  # as another process would, straight in the database
+        db_models.activate_model(engine, v1)  # as another process would, straight in the database
         deadline = time.monotonic() + 1.0
         served = v2
         while time.monotonic() < deadline and served != v1:
@@ -67,7 +67,8 @@ def test_other_process_activation_is_served_within_a_second(settings: Settings) 
 
 
 def test_parallel_generate_all_succeed_with_distinct_ids(live_server: LiveServer) -> None:
-    from ia_continu.db import repository as repo
+
+    from ia_continu.db import datasets as db_datasets
 
     def call(i: int) -> httpx.Response:
         return httpx.post(
@@ -81,11 +82,12 @@ def test_parallel_generate_all_succeed_with_distinct_ids(live_server: LiveServer
     assert len(set(ids)) == 20
     engine = live_server.server.config.app.state.ia.engine  # type: ignore[attr-defined]
     for i, r in enumerate(responses):
-        assert repo.count_samples(engine, r.json()["generation_id"]) == 100 + 10 * i
+        assert db_datasets.count_samples(engine, r.json()["generation_id"]) == 100 + 10 * i
 
 
 def test_parallel_retrain_never_500(live_server: LiveServer) -> None:
-    from ia_continu.db import repository as repo
+
+    from ia_continu.db import models as db_models
 
     httpx.post(f"{live_server.url}/generate", json={"samples": 500, "seed": 1})
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -95,7 +97,7 @@ def test_parallel_retrain_never_500(live_server: LiveServer) -> None:
     assert all(r.status_code in (200, 409) for r in responses), [r.text for r in responses]
     assert any(r.status_code == 200 for r in responses)
     engine = live_server.server.config.app.state.ia.engine  # type: ignore[attr-defined]
-    models = repo.list_models(engine)
+    models = db_models.list_models(engine)
     assert sum(m.is_active for m in models) == 1
     versions = [r.json()["model_version"] for r in responses if r.status_code == 200]
     assert len(set(versions)) == len(versions)

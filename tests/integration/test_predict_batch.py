@@ -164,7 +164,7 @@ def test_predict_batch_logs_every_row_like_predict(make_settings: Any, database_
     from fastapi.testclient import TestClient
 
     from ia_continu.api.app import create_app
-    from ia_continu.db import repository as repo
+    from ia_continu.db import predictions as db_predictions
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
     from tests.integration.test_prediction_log import _seed_model
@@ -177,7 +177,7 @@ def test_predict_batch_logs_every_row_like_predict(make_settings: Any, database_
     with TestClient(create_app(settings)) as client:
         answer = client.post("/predict/batch", json={"instances": rows}).json()
         assert client.app.state.ia.predlog.counters().queued == 300
-    stored = repo.list_recent_predictions(engine, limit=1000)
+    stored = db_predictions.list_recent_predictions(engine, limit=1000)
     engine.dispose()
     got = sorted((r.feature1, r.feature2, r.prediction, round(r.confidence, 12)) for r in stored)
     expected = sorted(

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from ia_continu.db import repository as repo
+from ia_continu.db import models as db_models
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.db.tables import predictions
@@ -80,9 +80,9 @@ def test_ids_unique_across_two_workers_and_a_restart(tmp_path: Path) -> None:
     engine = create_db_engine(db_url)
     upgrade_database(engine)
     model = LinearModel(version="v1", coef=(1.0, -1.0), intercept=0.0)
-    repo.insert_model(
+    db_models.insert_model(
         engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version="v1",
             accuracy=0.9,
             training_samples=100,

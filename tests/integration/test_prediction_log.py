@@ -20,7 +20,9 @@ from sqlalchemy.engine import Engine
 
 from ia_continu.api.app import create_app
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import models as db_models
+from ia_continu.db import predictions as db_predictions
+from ia_continu.db import predictions_insert as db_predictions_insert
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.ml.predictor import LinearModel
@@ -30,9 +32,9 @@ MODEL = LinearModel(version="v1", coef=(1.7, -0.9), intercept=0.2)
 
 
 def _seed_model(engine: Engine, model: LinearModel = MODEL) -> None:
-    repo.insert_model(
+    db_models.insert_model(
         engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version=model.version,
             accuracy=0.9,
             training_samples=800,
@@ -67,11 +69,11 @@ def _features(n: int, seed: int = 7) -> list[list[float]]:
 
 def _insert(db: Engine, rows: list[tuple[Any, ...]]) -> None:
     """Insert rows given with their time in (float) epoch seconds."""
-    repo.insert_predictions(db, [(round(r[0] * 1_000_000), *r[1:]) for r in rows])
+    db_predictions_insert.insert_predictions(db, [(round(r[0] * 1_000_000), *r[1:]) for r in rows])
 
 
-def _stored(db: Engine) -> list[repo.PredictionRecord]:
-    return repo.list_recent_predictions(db, limit=100_000)
+def _stored(db: Engine) -> list[db_predictions.PredictionRecord]:
+    return db_predictions.list_recent_predictions(db, limit=100_000)
 
 
 def _key(created_at: datetime, f1: float, f2: float, pred: int, conf: float, v: str) -> tuple:
@@ -84,7 +86,7 @@ def test_predict_logs_every_request_written_at_shutdown(db: Engine, app_settings
         answers = [client.post("/predict", json={"features": f}).json() for f in features]
         logger = client.app.state.ia.predlog  # type: ignore[attr-defined]
         assert logger.counters().queued == 300
-        assert repo.count_predictions(db) == 0  # nothing written before the shutdown
+        assert db_predictions.count_predictions(db) == 0  # nothing written before the shutdown
     rows = _stored(db)
     assert len(rows) == 300
     expected = sorted(
@@ -161,7 +163,7 @@ def test_predict_with_full_queue_answers_and_counts_drops(
         assert statuses == [200] * 20
         stats = client.get("/predictions/stats").json()
     assert (stats["logged"], stats["dropped"], stats["count"], stats["queued"]) == (5, 15, 5, 0)
-    assert repo.count_predictions(db) == 5
+    assert db_predictions.count_predictions(db) == 5
 
 
 def test_predict_keeps_answering_while_log_writes_fail(db: Engine, app_settings: Settings) -> None:
@@ -259,7 +261,7 @@ def test_timeseries_counts_classes_per_bucket_and_version(
         (base + 420 * s, 0.4, 0.4, 0, 0.6, "v2"),
         (base - 2 * 3600 * s, 9.0, 9.0, 1, 0.9, "v1"),  # outside the 60-minute window
     ]
-    repo.insert_predictions(db, rows)
+    db_predictions_insert.insert_predictions(db, rows)
     with TestClient(create_app(app_settings)) as client:
         r = client.get(
             "/predictions/timeseries", params={"minutes": 60, "bucket_seconds": bucket_seconds}
@@ -287,11 +289,11 @@ def test_load_live_features_returns_newest_logged_inputs(db: Engine) -> None:
     """The monitoring flow's view of live traffic, read from what the logger wrote."""
     now = time.time()
     _insert(db, [(now - 100 + i, float(i), -float(i), i % 2, 0.75, "v1") for i in range(10)])
-    newest = repo.load_live_features(db, limit=3)
+    newest = db_predictions.load_live_features(db, limit=3)
     assert newest.shape == (3, 2)
     assert newest.tolist() == [[9.0, -9.0], [8.0, -8.0], [7.0, -7.0]]
     since = datetime.fromtimestamp(now - 100 + 7.5, UTC)
-    assert repo.load_live_features(db, limit=100, since=since).tolist() == [
+    assert db_predictions.load_live_features(db, limit=100, since=since).tolist() == [
         [9.0, -9.0],
         [8.0, -8.0],
     ]
@@ -328,4 +330,4 @@ def test_logging_disabled_writes_nothing(
         stats = client.get("/predictions/stats").json()
     assert stats["logging_enabled"] is False
     assert (stats["count"], stats["logged"]) == (0, 0)
-    assert repo.count_predictions(db) == 0
+    assert db_predictions.count_predictions(db) == 0

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ia_continu.db import repository as repo
+from ia_continu.db import predictions as db_predictions
+from ia_continu.db import predictions_insert as db_predictions_insert
 from ia_continu.db import rollup
 
 BOTH = pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
@@ -29,7 +30,7 @@ def db(database_url: str) -> Iterator[Any]:
     engine.dispose()
 
 
-def _rows(n: int, *, seed: int, span: timedelta) -> list[repo.PredictionRow]:
+def _rows(n: int, *, seed: int, span: timedelta) -> list[db_predictions_insert.PredictionRow]:
     rng = random.Random(seed)
     start_us = int((NOW - span).timestamp() * 1_000_000)
     width = int(span.total_seconds() * 1_000_000)
@@ -51,7 +52,7 @@ def _rows(n: int, *, seed: int, span: timedelta) -> list[repo.PredictionRow]:
 
 def _assert_same_summary(db: Any, since: datetime) -> None:
     fast = rollup.summarize_predictions(db, since=since)
-    slow = repo.summarize_predictions(db, since=since)
+    slow = db_predictions.summarize_predictions(db, since=since)
     assert (fast.count, fast.class_0, fast.class_1) == (slow.count, slow.class_0, slow.class_1)
     for got, want in (
         (fast.feature1_mean, slow.feature1_mean),
@@ -74,7 +75,7 @@ def test_rollup_stats_and_buckets_equal_those_of_the_raw_rows(db: Any) -> None:
     rows = _rows(3000, seed=3, span=timedelta(hours=3))
     # In several batches, as the API's writer flushes them (minutes shared across batches).
     for i in range(0, len(rows), 700):
-        repo.insert_predictions(db, rows[i : i + 700])
+        db_predictions_insert.insert_predictions(db, rows[i : i + 700])
     assert rollup.summarize_predictions(db, since=NOW - timedelta(days=1)).count == 3000
     for since in (
         NOW - timedelta(minutes=60),  # on a whole second
@@ -86,14 +87,14 @@ def test_rollup_stats_and_buckets_equal_those_of_the_raw_rows(db: Any) -> None:
         _assert_same_summary(db, since)
         for width in (60, 300, 3600, 45, 7):
             fast = rollup.count_predictions_by_bucket(db, since=since, bucket_seconds=width)
-            slow = repo.count_predictions_by_bucket(db, since=since, bucket_seconds=width)
+            slow = db_predictions.count_predictions_by_bucket(db, since=since, bucket_seconds=width)
             assert fast == slow, (since, width)
 
 
 @BOTH
 def test_rollup_keeps_means_finite_for_features_near_float_max(db: Any) -> None:
     now_us = int(NOW.timestamp() * 1_000_000)
-    repo.insert_predictions(
+    db_predictions_insert.insert_predictions(
         db,
         [
             (now_us - 3_000_000, 1.7e308, 1.0, 1, 1.0, "v1"),
@@ -114,7 +115,7 @@ def test_rollup_survives_features_near_the_smallest_floats(db: Any) -> None:
     """PostgreSQL refused 1e-300 * 2**-64 ("value out of range: underflow"): the stats of
     a window holding such an input answered 503 (found by the schema fuzzer)."""
     now_us = int(NOW.timestamp() * 1_000_000)
-    repo.insert_predictions(
+    db_predictions_insert.insert_predictions(
         db,
         [
             (now_us - 2_000_000, 1e-300, 5e-310, 1, 1.0, "v1"),
@@ -137,7 +138,9 @@ def test_rollup_forgets_minutes_older_than_the_longest_window(db: Any) -> None:
     kept = NOW - rollup.KEEP + timedelta(days=1)
     for when in (too_old, kept, NOW):
         us = int(when.timestamp() * 1_000_000)
-        repo.insert_predictions(db, [(us, 0.0, 0.0, 0, 0.9, "v1", None, "v2", 1, 0.8)])
+        db_predictions_insert.insert_predictions(
+            db, [(us, 0.0, 0.0, 0, 0.9, "v1", None, "v2", 1, 0.8)]
+        )
     expected = sorted(int(t.timestamp()) // 60 * 60 for t in (kept, NOW))
     with db.connect() as conn:
         minutes = conn.execute(sa.text("SELECT minute FROM prediction_rollup")).scalars().all()

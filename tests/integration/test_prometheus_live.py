@@ -141,15 +141,15 @@ def api_and_prometheus(tmp_path: Path) -> Iterator[tuple[ApiProcess, Prometheus,
 
 
 def _insert_drift_run(database_url: str) -> None:
-    from ia_continu.db import repository as repo
+    from ia_continu.db import monitoring_runs as db_runs
     from ia_continu.db.engine import create_db_engine
 
     engine = create_db_engine(database_url)
     try:
         now = datetime.now(UTC)
-        repo.insert_monitoring_run(
+        db_runs.insert_monitoring_run(
             engine,
-            repo.MonitoringRunRecord(
+            db_runs.MonitoringRunRecord(
                 started_at=now,
                 finished_at=now,
                 duration_seconds=1.5,

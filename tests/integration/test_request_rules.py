@@ -48,9 +48,9 @@ def keyed(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[An
 
 
 def _datasets(client: Any) -> int | None:
-    from ia_continu.db import repository as repo
+    from ia_continu.db import datasets as db_datasets
 
-    return repo.get_latest_generation_id(client.app.state.ia.engine)
+    return db_datasets.get_latest_generation_id(client.app.state.ia.engine)
 
 
 # --- keyless mode: cross-site writes -------------------------------------------------------------

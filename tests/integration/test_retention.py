@@ -23,18 +23,16 @@ from sqlalchemy.engine import Engine
 
 from ia_continu.api.app import create_app
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
+from ia_continu.db import models as db_models
+from ia_continu.db import monitoring_runs as db_runs
+from ia_continu.db import predictions_insert as db_predictions_insert
+from ia_continu.db import sql as db_sql
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
-from ia_continu.db.retention import (
-    RetentionPolicy,
-    _prune_lock,
-    database_bytes,
-    parse_duration,
-    prune,
-    sqlite_auto_vacuum,
-)
+from ia_continu.db.retention import RetentionPolicy, _prune_lock, parse_duration, prune
 from ia_continu.db.tables import predictions
+from ia_continu.db.vacuum import database_bytes, sqlite_auto_vacuum
 from ia_continu.ml.data import Dataset
 from ia_continu.ml.predictor import LinearModel
 from tests.conftest import LiveServer
@@ -52,9 +50,9 @@ def _now_us() -> int:
 def db(database_url: str) -> Iterator[Engine]:
     engine = create_db_engine(database_url)
     upgrade_database(engine)
-    repo.insert_model(
+    db_models.insert_model(
         engine,
-        repo.ModelRecord(
+        db_models.ModelRecord(
             version=MODEL.version,
             accuracy=0.9,
             training_samples=800,
@@ -71,7 +69,9 @@ def db(database_url: str) -> Iterator[Engine]:
 def _insert_old(db: Engine, n: int, *, age_days: float, start: int = 0) -> None:
     t = _now_us() - int(age_days * DAY_US)
     # Distinct times, oldest first: id order and time order agree, as in production.
-    repo.insert_predictions(db, [(t + i, 0.1, 0.2, 1, 0.9, "v0") for i in range(start, start + n)])
+    db_predictions_insert.insert_predictions(
+        db, [(t + i, 0.1, 0.2, 1, 0.9, "v0") for i in range(start, start + n)]
+    )
 
 
 def _label_oldest(db: Engine, n: int) -> set[str]:
@@ -97,7 +97,7 @@ def _rows(db: Engine) -> list[tuple[int, str | None, datetime]]:
     with db.connect() as conn:
         p = predictions.c
         rows = conn.execute(sa.select(p.id, p.prediction_id, p.created_at).order_by(p.id)).all()
-    return [(r[0], r[1], repo._utc(r[2])) for r in rows]
+    return [(r[0], r[1], db_sql._utc(r[2])) for r in rows]
 
 
 def test_api_prunes_by_age_and_count_under_concurrent_predict(
@@ -182,7 +182,9 @@ def _dataset(db: Engine, n: int, *, age_days: float) -> int:
         target=np.array([i % 2 for i in range(n)], dtype=np.int64),
         hour=2,
     )
-    record = repo.insert_dataset(db, data, created_at=datetime.now(UTC) - timedelta(days=age_days))
+    record = db_datasets.insert_dataset(
+        db, data, created_at=datetime.now(UTC) - timedelta(days=age_days)
+    )
     return record.generation_id
 
 
@@ -311,7 +313,7 @@ def test_monitoring_flow_prunes_once_per_run(
 ) -> None:
     """The flow's prune-data task runs after the run is recorded, even a failed run (here
     the API is down and MLflow absent: the cheapest complete run)."""
-    from ia_continu.monitoring.flows import flow_settings, monitoring_flow
+    from ia_continu.flows import flow_settings, monitoring_flow
     from tests.conftest import free_port
 
     settings = make_settings(
@@ -328,7 +330,7 @@ def test_monitoring_flow_prunes_once_per_run(
     with flow_settings(settings):
         state = asyncio.run(monitoring_flow(return_state=True))
     assert state.is_failed()  # the run itself failed (API down) ...
-    assert repo.get_latest_monitoring_run(engine) is not None
+    assert db_runs.get_latest_monitoring_run(engine) is not None
     rows = _rows(engine)
     assert len(rows) == 50  # ... and the retention still applied once it was recorded
     engine.dispose()

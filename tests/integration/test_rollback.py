@@ -72,10 +72,10 @@ def test_rollback_moves_champion_everywhere(trained_client: Any, keyed_settings:
     for x in ([0.5, 0.5], [-1.0, 2.0], [3.0, -3.0]):
         assert c.post("/predict", json={"features": x}).json()["model_version"] == "v1"
     # The served model is v1's own coefficients, not v2's relabelled.
-    from ia_continu.db import repository as repo
+    from ia_continu.db import models as db_models
     from ia_continu.ml.predictor import LinearModel
 
-    stored = repo.get_model(c.app.state.ia.engine, "v1")
+    stored = db_models.get_model(c.app.state.ia.engine, "v1")
     assert stored is not None and stored.parameters is not None
     assert c.app.state.ia.model == LinearModel.from_json(stored.parameters)
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from ia_continu.api.metrics import multiprocess_dir_for
+from ia_continu.api.metrics_multiprocess import multiprocess_dir_for
 from ia_continu.config import Settings
 from tests.conftest import free_port, wait_http
 from tests.integration.test_metrics import parse_metrics, sample_value

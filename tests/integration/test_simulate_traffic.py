@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from ia_continu.cli.simulate_traffic import run_traffic_simulation
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import predictions as db_predictions
 from ia_continu.db.tables import feedback, monitoring_runs, predictions
-from ia_continu.monitoring.simulate_traffic import run_traffic_simulation
 
 pytestmark = pytest.mark.slow
 
@@ -86,8 +86,10 @@ def test_traffic_simulation_promotes_after_drift_and_matches_the_database(
                 )
             ).all()
             runs = conn.execute(sa.select(monitoring_runs).order_by(monitoring_runs.c.id)).all()
-        watermark = repo.get_feedback_watermark(engine)
-        left = repo.collect_labelled_feedback(engine, after=watermark, min_rows=10**9, limit=1)
+        watermark = db_predictions.get_feedback_watermark(engine)
+        left = db_predictions.collect_labelled_feedback(
+            engine, after=watermark, min_rows=10**9, limit=1
+        )
     finally:
         engine.dispose()
     assert n_pred == s.requests == sum(x.requests for x in slices)

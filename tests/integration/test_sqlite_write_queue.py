@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
 from ia_continu.db.engine import WRITE, create_db_engine
 from ia_continu.db.migrate import upgrade_database
 from ia_continu.ml.data import generate_dataset
@@ -25,7 +25,7 @@ def test_sqlite_concurrent_writers_all_succeed_within_busy_timeout(tmp_path: Pat
     def write() -> None:
         for _ in range(10):
             try:
-                repo.insert_dataset(engine, data, created_at=datetime.now(UTC))
+                db_datasets.insert_dataset(engine, data, created_at=datetime.now(UTC))
             except Exception as exc:
                 errors.append(str(exc)[:120])
 
@@ -35,7 +35,7 @@ def test_sqlite_concurrent_writers_all_succeed_within_busy_timeout(tmp_path: Pat
     for t in threads:
         t.join()
     assert errors == []
-    assert len(repo.list_datasets(engine, limit=1000)) == 320
+    assert len(db_datasets.list_datasets(engine, limit=1000)) == 320
     engine.dispose()
 
 
@@ -59,12 +59,14 @@ def test_sqlite_write_lock_released_after_rollback_and_failed_begin(tmp_path: Pa
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     with pytest.raises(sa.exc.OperationalError):
-        repo.insert_dataset(engine, generate_dataset(100, hour=1), created_at=datetime.now(UTC))
+        db_datasets.insert_dataset(
+            engine, generate_dataset(100, hour=1), created_at=datetime.now(UTC)
+        )
     other.execute("ROLLBACK")
     other.close()
     # ...and neither failure left this process's queue locked.
-    record = repo.insert_dataset(
+    record = db_datasets.insert_dataset(
         engine, generate_dataset(100, hour=1), created_at=datetime.now(UTC)
     )
-    assert repo.count_samples(engine, record.generation_id) == 100
+    assert db_datasets.count_samples(engine, record.generation_id) == 100
     engine.dispose()

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
+from ia_continu.ml import checks
+from ia_continu.ml.checks import FeatureDrift
 from ia_continu.ml.data import generate_dataset
-from ia_continu.monitoring import checks
-from ia_continu.monitoring.checks import FeatureDrift
 
 
 def test_compute_ks_matches_scipy() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ia_continu.ml.data import generate_dataset
-from ia_continu.monitoring.histograms import compute_feature_histograms
+from ia_continu.ml.histograms import compute_feature_histograms
 
 
 def test_compute_feature_histograms_uses_common_edges_spanning_both_samples() -> None:

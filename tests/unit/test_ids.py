@@ -1,5 +1,5 @@
 """Prediction ids: UUIDv7 layout, time from the request, unique and ordered within a
-process, a new node after fork; and shadow scoring at flush time (monitoring/predlog.py)."""
+process, a new node after fork; and shadow scoring at flush time (services/predlog.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from ia_continu.api import ids
 from ia_continu.ml.predictor import LinearModel
-from ia_continu.monitoring.predlog import score_shadow
+from ia_continu.services.predlog import score_shadow
 
 T_US = 1_764_470_000_123_456
 

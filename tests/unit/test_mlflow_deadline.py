@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from ia_continu.ml.registry import Deadline, RegistryUnavailableError, run_with_deadline
+from ia_continu.registry.core import Deadline, RegistryUnavailableError, run_with_deadline
 
 
 def test_late_result_is_handed_to_on_late_and_operation_sees_abandoned() -> None:
@@ -44,7 +44,7 @@ def test_result_in_time_is_returned_and_errors_become_registry_errors() -> None:
 
 
 def test_operation_whose_deadline_passed_before_it_started_never_runs() -> None:
-    from ia_continu.ml import registry
+    from ia_continu.registry import core as registry
 
     # Occupy every worker so that the next operation waits in the queue past its deadline.
     block = threading.Event()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
 
-from ia_continu.db import repository as repo
+from ia_continu.db import predictions as db_predictions
 from ia_continu.db.engine import create_db_engine
 from ia_continu.db.migrate import upgrade_database
-from ia_continu.monitoring import predlog as predlog_module
-from ia_continu.monitoring.predlog import PredictionLogger
+from ia_continu.services import predlog as predlog_module
+from ia_continu.services.predlog import PredictionLogger
 
 T0 = 1_768_473_000_000_000  # 2026-01-15 10:30:00 UTC, in microseconds
 S = 1_000_000  # one second in microseconds
@@ -46,7 +46,7 @@ def test_logger_drops_new_rows_when_full_and_counts_them(engine: Engine) -> None
     assert (c.logged, c.dropped, c.queued, c.flushed) == (5, 3, 5, 0)
     assert asyncio.run(logger.flush()) == 5
     # The first five are the ones kept: dropping never evicts accepted rows.
-    rows = repo.list_recent_predictions(engine, limit=10)
+    rows = db_predictions.list_recent_predictions(engine, limit=10)
     assert sorted(r.feature1 for r in rows) == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert logger.log("v1", 9.0, 0.0, 0, 0.6, T0)  # room again
     assert logger.counters().queued == 1
@@ -63,7 +63,11 @@ def test_logger_log_many_fills_free_space_with_plain_numbers(engine: Engine) -> 
     c = logger.counters()
     assert (c.logged, c.dropped, c.queued) == (10, 4, 10)
     asyncio.run(logger.flush())
-    v2 = [r for r in repo.list_recent_predictions(engine, limit=20) if r.model_version == "v2"]
+    v2 = [
+        r
+        for r in db_predictions.list_recent_predictions(engine, limit=20)
+        if r.model_version == "v2"
+    ]
     assert sorted((r.feature1, r.feature2, r.prediction) for r in v2) == [
         (float(features[i, 0]), float(features[i, 1]), int(classes[i])) for i in range(6)
     ]
@@ -75,7 +79,7 @@ def test_logger_flush_writes_all_queued_across_batches(engine: Engine) -> None:
     for i in range(30):
         logger.log("v1", float(i), -float(i), i % 2, 0.8, T0 + i * S)
     assert asyncio.run(logger.flush()) == 30
-    assert repo.count_predictions(engine) == 30
+    assert db_predictions.count_predictions(engine) == 30
     assert logger.counters().flushed == 30
 
 
@@ -123,7 +127,7 @@ def test_logger_close_stops_task_and_writes_everything(engine: Engine) -> None:
         await logger.close()
 
     asyncio.run(scenario())
-    assert repo.count_predictions(engine) == 11
+    assert db_predictions.count_predictions(engine) == 11
     assert logger.counters().queued == 0
 
 
@@ -163,4 +167,4 @@ def test_logger_periodic_task_survives_failures_and_recovers(tmp_path: Path) -> 
         await logger.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
-    assert repo.count_predictions(engine) == 5
+    assert db_predictions.count_predictions(engine) == 5

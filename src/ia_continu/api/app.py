@@ -70,8 +70,8 @@ def create_app(
         watcher = asyncio.create_task(watch_active_model(state), name="watch-active-model")
         start_prediction_logging(state)
         log_reporter = _start_prediction_log_reporter(state)
-        if settings.warm_up_ml:  # first /retrain without ~5 s of imports (ml/warmup.py)
-            from ia_continu.ml.warmup import start_background_warm_up
+        if settings.warm_up_ml:  # first /retrain without ~5 s of imports (registry/warmup.py)
+            from ia_continu.registry.warmup import start_background_warm_up
 
             start_background_warm_up(settings.warm_up_delay)
         try:

@@ -1,5 +1,6 @@
-"""Prometheus metrics: per-process counters, the database's view at scrape time, and the
-multi-worker plumbing.
+"""Prometheus metrics: per-process counters, the database's view at scrape time
+(collectors in metrics_collectors.py), and the multi-worker plumbing (directory and
+dead workers in metrics_multiprocess.py).
 
 With several uvicorn workers every process writes its counters to memory-mapped files in
 PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode) and any worker answering
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +22,22 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 
 from ia_continu.api.guard import CLIENT_GONE, CLIENT_GONE_STATUS
-from ia_continu.api.security import ASGIApp, Message, Receive, Scope, Send
-from ia_continu.config import (
-    PROMETHEUS_MULTIPROC_ENV,
-    Settings,
-    get_prometheus_multiproc_dir,
-    get_runtime_tmpfs_dirs,
+from ia_continu.api.metrics_collectors import (
+    _DatabaseCollector,
+    _FamiliesCollector,
+    _SettingsCollector,
 )
+from ia_continu.api.metrics_multiprocess import (
+    _SERVED_PREFIX,
+    is_multiprocess_mode,
+    mark_dead_workers,
+    read_served_versions,
+)
+from ia_continu.api.security import ASGIApp, Message, Receive, Scope, Send
+from ia_continu.config import Settings, get_prometheus_multiproc_dir
 
 if TYPE_CHECKING:
-    from ia_continu.monitoring.predlog import PredictionLogCounters, PredictionLogger
+    from ia_continu.services.predlog import PredictionLogCounters, PredictionLogger
 
 log = logging.getLogger(__name__)
 
@@ -56,130 +62,9 @@ LATENCY_BUCKETS = (
     30.0,
 )
 RETRAIN_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
-FEATURES = ("feature1", "feature2")
 # How often each worker copies its prediction logger's counters into the metrics: off the
 # /predict path, and well under Prometheus's scrape interval.
 PREDICTION_LOG_REPORT_SECONDS = 5.0
-
-
-# --- multi-worker directory ---------------------------------------------------------------------
-
-# A tmpfs with less free space than this is passed over (each worker's files take ~64 KiB
-# each and grow by doubling; a write into a memory-mapped page the file system cannot
-# back is a SIGBUS that kills the worker, not an error).
-MIN_METRICS_DIR_FREE_BYTES = 16 * 1024 * 1024
-_SERVED_PREFIX = "served_"  # served_<pid>.txt: the version that worker serves
-
-
-def _instance_name(settings: Settings) -> str:
-    # One directory per host and port: replicas sharing a volume (compose --scale api=3)
-    # or two servers on one machine never mix or wipe each other's files.
-    return f"{socket.gethostname()}-{settings.port}"
-
-
-def _has_room(directory: Path) -> bool:
-    try:
-        if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
-            return False
-        stat = os.statvfs(directory)
-    except OSError:
-        return False
-    return stat.f_bavail * stat.f_frsize >= MIN_METRICS_DIR_FREE_BYTES
-
-
-def multiprocess_dir_for(settings: Settings) -> Path:
-    """Where `ia-continu serve` keeps the Prometheus multiprocess files: IA_METRICS_DIR,
-    else a memory-backed directory ($XDG_RUNTIME_DIR, /dev/shm) so that a full or
-    read-only data disk cannot reach the memory-mapped files, else the data directory."""
-    if settings.metrics_dir is not None:
-        return settings.metrics_dir / _instance_name(settings)
-    for base in get_runtime_tmpfs_dirs():
-        if _has_room(base):
-            return base / "ia-continu-metrics" / _instance_name(settings)
-    return settings.data_dir / "prometheus" / _instance_name(settings)
-
-
-def prepare_multiprocess_dir(settings: Settings) -> Path:
-    """Create and empty the shared metrics directory, and export it to the workers.
-
-    Call before uvicorn starts (and before anything imports prometheus_client).
-    Raises OSError when the directory cannot be created or written."""
-    path = multiprocess_dir_for(settings).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    # Files of a previous run would be summed in as if its processes were still alive.
-    for stale in [*path.glob("*.db"), *path.glob(f"{_SERVED_PREFIX}*")]:
-        stale.unlink(missing_ok=True)
-    probe = path / ".write-probe"
-    probe.write_bytes(b"\0" * 4096)  # ENOSPC / EROFS here, not a SIGBUS in a worker later
-    probe.unlink()
-    os.environ[PROMETHEUS_MULTIPROC_ENV] = str(path)
-    return path
-
-
-def remove_multiprocess_dir(path: Path) -> None:
-    """Delete the directory when the server stops (tmpfs is memory)."""
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(OSError):  # the shared parent, when now empty
-        path.parent.rmdir()
-
-
-def is_multiprocess_mode() -> bool:
-    """Whether prometheus_client (chosen at its import) writes values to shared files."""
-    from prometheus_client import values
-
-    return values.ValueClass is not values.MutexValue
-
-
-def mark_dead_workers(path: Path) -> list[int]:
-    """Drop the live-gauge files of processes that no longer exist (a killed worker that
-    uvicorn replaced); counters and histograms of dead workers are kept, as they must."""
-    from prometheus_client import multiprocess
-
-    dead: set[int] = set()
-    for file in path.glob("gauge_live*_*.db"):
-        try:
-            pid = int(file.stem.rsplit("_", 1)[1])
-        except ValueError:
-            continue
-        if pid not in dead and not _pid_alive(pid):
-            dead.add(pid)
-    for file in path.glob(f"{_SERVED_PREFIX}*.txt"):
-        try:
-            pid = int(file.stem.removeprefix(_SERVED_PREFIX))
-        except ValueError:
-            continue
-        if pid in dead or not _pid_alive(pid):
-            dead.add(pid)
-            file.unlink(missing_ok=True)
-    for pid in dead:
-        multiprocess.mark_process_dead(pid, str(path))
-    return sorted(dead)
-
-
-def read_served_versions(path: Path) -> dict[int, str]:
-    """pid -> the version each live worker serves (one small file per worker)."""
-    served: dict[int, str] = {}
-    for file in path.glob(f"{_SERVED_PREFIX}*.txt"):
-        try:
-            pid = int(file.stem.removeprefix(_SERVED_PREFIX))
-            version = file.read_text().strip()
-        except (ValueError, OSError):
-            continue
-        if version and _pid_alive(pid):
-            served[pid] = version
-    return served
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- the per-process metrics ---------------------------------------------------------------------
@@ -424,35 +309,6 @@ async def report_prediction_log_periodically(
         metrics.report_prediction_log(predlog.counters())
 
 
-class _SettingsCollector:
-    """The thresholds the alert rules need, as this process's settings say."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        yield GaugeMetricFamily(
-            "ia_config_min_accuracy",
-            "IA_MIN_ACCURACY: the accuracy below which the champion is considered failing",
-            value=self._settings.min_accuracy,
-        )
-        yield GaugeMetricFamily(
-            "ia_config_monitor_interval_seconds",
-            "IA_MONITOR_INTERVAL: seconds between scheduled monitoring runs",
-            value=self._settings.monitor_interval,
-        )
-
-
-class _FamiliesCollector:
-    def __init__(self, families: list[Any]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Any]:
-        yield from self._families
-
-
 class _ServedModelCollector:
     """Single-process mode: the one version this process serves."""
 
@@ -468,127 +324,6 @@ class _ServedModelCollector:
         if self._metrics._served_version is not None:
             family.add_metric([self._metrics._served_version], 1)
         yield family
-
-
-class _DatabaseCollector:
-    """Read at scrape time, so every process (and the Prefect worker's writes) agree."""
-
-    def __init__(self, engine: Engine | None) -> None:
-        self._engine = engine
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        from ia_continu.db import repository as repo
-
-        up = GaugeMetricFamily("ia_database_up", "1 when /metrics could read the database")
-        if self._engine is None:
-            up.add_metric([], 0)
-            yield up
-            return
-        try:
-            snap = repo.read_metrics_snapshot(self._engine)
-        except Exception as exc:  # report the outage instead of failing the scrape
-            log.warning("metrics: database unavailable: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield from _champion_families(snap)
-        yield from _monitoring_families(snap)
-
-
-def _champion_families(snap: Any) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
-
-    info = GaugeMetricFamily(
-        "ia_champion_info",
-        "1 for the champion (active) model version",
-        labels=["version", "registry_version"],
-    )
-    accuracy = GaugeMetricFamily(
-        "ia_champion_accuracy", "Held-out accuracy of the champion model", labels=["version"]
-    )
-    if snap.champion_version is not None:
-        registry_version = snap.champion_registry_version
-        info.add_metric(
-            [snap.champion_version, "" if registry_version is None else str(registry_version)], 1
-        )
-        accuracy.add_metric([snap.champion_version], snap.champion_accuracy)
-    yield info
-    yield accuracy
-    yield GaugeMetricFamily(
-        "ia_model_versions",
-        "Model versions stored (every retrain, from the API or the monitoring flow, adds one)",
-        value=snap.model_count,
-    )
-
-
-def _monitoring_families(snap: Any) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
-
-    yield GaugeMetricFamily(
-        "ia_monitoring_runs", "Monitoring runs recorded", value=snap.monitoring_run_count
-    )
-    run = snap.last_monitoring_run
-    info = GaugeMetricFamily(
-        "ia_monitoring_last_run_info",
-        "1 with the latest monitoring run's status and decision",
-        labels=["status", "decision"],
-    )
-    when = GaugeMetricFamily(
-        "ia_monitoring_last_run_timestamp_seconds",
-        "When the latest monitoring run finished (started, while it runs), Unix time",
-    )
-    duration = GaugeMetricFamily(
-        "ia_monitoring_last_run_duration_seconds", "Duration of the latest monitoring run"
-    )
-    drift = GaugeMetricFamily(
-        "ia_monitoring_last_drift_detected", "1 when the latest monitoring run detected drift"
-    )
-    accuracy = GaugeMetricFamily(
-        "ia_monitoring_last_accuracy",
-        "Champion accuracy on the latest monitoring batch",
-    )
-    reference = GaugeMetricFamily(
-        "ia_monitoring_last_reference_accuracy",
-        "Champion held-out accuracy the latest monitoring run compared against",
-    )
-    ks = GaugeMetricFamily(
-        "ia_monitoring_last_ks_statistic",
-        "Kolmogorov-Smirnov statistic per feature, latest monitoring run",
-        labels=["feature"],
-    )
-    ks_p = GaugeMetricFamily(
-        "ia_monitoring_last_ks_p_value",
-        "Kolmogorov-Smirnov p-value per feature, latest monitoring run",
-        labels=["feature"],
-    )
-    psi = GaugeMetricFamily(
-        "ia_monitoring_last_psi",
-        "Population stability index per feature, latest monitoring run",
-        labels=["feature"],
-    )
-    if run is not None:
-        info.add_metric([str(run.get("status") or ""), str(run.get("decision") or "")], 1)
-        moment = run.get("finished_at") or run.get("started_at")
-        if moment is not None:
-            when.add_metric([], moment.timestamp())
-        _add_if_number(duration, [], run.get("duration_seconds"))
-        drift.add_metric([], 1 if run.get("drift_detected") else 0)
-        _add_if_number(accuracy, [], run.get("accuracy"))
-        _add_if_number(reference, [], run.get("reference_accuracy"))
-        for feature in FEATURES:
-            _add_if_number(ks, [feature], run.get(f"ks_statistic_{feature}"))
-            _add_if_number(ks_p, [feature], run.get(f"ks_p_value_{feature}"))
-            _add_if_number(psi, [feature], run.get(f"psi_{feature}"))
-    yield from (info, when, duration, drift, accuracy, reference, ks, ks_p, psi)
-
-
-def _add_if_number(family: Any, labels: list[str], value: object) -> None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        family.add_metric(labels, float(value))
 
 
 # --- the middleware ------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings
-from ia_continu.ml.lifecycle import load_served_model
+from ia_continu.db.model_files import load_served_model
 from ia_continu.ml.predictor import LinearModel
-from ia_continu.monitoring.predlog import PredictionLogger
+from ia_continu.services.predlog import PredictionLogger
 
 if TYPE_CHECKING:
     from ia_continu.api.metrics import AppMetrics
@@ -76,7 +76,7 @@ class AppState:
 
     def refresh_shadow(self) -> None:
         """Hold the shadow model the database designates (db/feedback.py's rule)."""
-        from ia_continu.db.repository import get_shadow_version
+        from ia_continu.db.models import get_shadow_version
 
         version = get_shadow_version(self.engine)
         if version is None:
@@ -94,10 +94,10 @@ class AppState:
         self.shadow = model
 
     def _refresh_active(self) -> None:
-        from ia_continu.db import repository as repo
+        from ia_continu.db import models as db_models
 
         seen = self._swaps
-        version = repo.get_active_version(self.engine)
+        version = db_models.get_active_version(self.engine)
         if version is None or (self.model is not None and self.model.version == version):
             return
         model = load_served_model(
@@ -136,7 +136,7 @@ def start_prediction_logging(state: AppState) -> None:
         state.predlog = PredictionLogger.from_settings(state.settings, engine=state.engine)
         state.predlog.start()
     # Retention of the log (IA_PRUNE_INTERVAL=0: only `ia-continu db prune` and the flow).
-    from ia_continu.monitoring.pruner import BackgroundPruner
+    from ia_continu.services.pruner import BackgroundPruner
 
     pruner = BackgroundPruner(state.settings, state.engine)
     state.extras["pruner"] = pruner
@@ -145,7 +145,7 @@ def start_prediction_logging(state: AppState) -> None:
 
 async def stop_prediction_logging(state: AppState) -> None:
     """Write whatever is still queued (before the engine is disposed)."""
-    from ia_continu.monitoring.pruner import BackgroundPruner
+    from ia_continu.services.pruner import BackgroundPruner
 
     pruner = state.extras.pop("pruner", None)
     if isinstance(pruner, BackgroundPruner):

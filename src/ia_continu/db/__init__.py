@@ -1,1 +1,1 @@
-"""Persistence: engine, tables, repository (the only SQL) and Alembic migrations."""
+"""Persistence: engine, tables, one module per aggregate (the only SQL) and Alembic migrations."""

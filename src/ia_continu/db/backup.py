@@ -270,10 +270,11 @@ def _restore_postgres(url: sa.URL, source: Path, *, force: bool) -> None:
 
 
 def _rebuild_model_files(engine: Engine, models_dir: Path) -> RestoreSummary:
-    from ia_continu.db import repository as repo
-    from ia_continu.ml.lifecycle import model_from_record, save_model_file
+    from ia_continu.db import models as db_models
+    from ia_continu.db import predictions as db_predictions
+    from ia_continu.db.model_files import model_from_record, save_model_file
 
-    records = repo.list_models(engine)
+    records = db_models.list_models(engine)
     written = 0
     missing: list[str] = []
     for record in records:
@@ -285,10 +286,10 @@ def _rebuild_model_files(engine: Engine, models_dir: Path) -> RestoreSummary:
     with engine.connect() as conn:
         datasets_count = conn.execute(sa.text("SELECT COUNT(*) FROM datasets")).scalar_one()
     return RestoreSummary(
-        champion=repo.get_active_version(engine),
+        champion=db_models.get_active_version(engine),
         models=len(records),
         datasets=int(datasets_count),
-        predictions=repo.count_predictions(engine),
+        predictions=db_predictions.count_predictions(engine),
         model_files=written,
         models_without_parameters=tuple(missing),
     )

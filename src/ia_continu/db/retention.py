@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ia_continu.db.engine import WRITE
 from ia_continu.db.tables import dataset_samples, datasets, feedback, models, predictions
+from ia_continu.db.vacuum import DEFAULT_BATCH_PAUSE, VacuumReport, vacuum_database
 
 if TYPE_CHECKING:
     import threading
@@ -44,15 +45,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 _PG_PRUNE_LOCK_KEY = 720_202_612  # arbitrary, constant: one prune at a time per database
+
+
 # ... and per schema (several instances, or tests, may share one database).
 _PG_LOCK_ARGS = ":k, hashtext(current_schema())"
+
+
 DEFAULT_BATCH_SIZE = 2_000
-# Pause between two delete batches: lets queued writers (the prediction log, /generate)
-# take the write lock in between.
-DEFAULT_BATCH_PAUSE = 0.01
-# SQLite incremental vacuum: pages given back per transaction (4 MB of 4 KiB pages).
-_VACUUM_PAGES_PER_STEP = 1_024
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,25 +115,9 @@ class PruneReport:
         return text
 
 
-@dataclass(frozen=True, slots=True)
-class VacuumReport:
-    method: str  # incremental | full | analyze | none
-    bytes_before: int
-    bytes_after: int
-
-    def describe(self) -> str:
-        if self.method == "analyze":
-            return "PostgreSQL: VACUUM ANALYZE done (space reused by new rows, not given back)"
-        if self.method == "none":
-            return "vacuum: nothing to do"
-        freed = self.bytes_before - self.bytes_after
-        return (
-            f"vacuum ({self.method}): {self.bytes_before / 1e6:.1f} MB -> "
-            f"{self.bytes_after / 1e6:.1f} MB ({freed / 1e6:.1f} MB given back)"
-        )
-
-
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+
+
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800, "": 86_400}
 
 
@@ -142,9 +127,6 @@ def parse_duration(text: str) -> timedelta:
     if match is None:
         raise ValueError(f"invalid duration {text!r} (examples: 7d, 12h, 90m)")
     return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()])
-
-
-# --- the prune ----------------------------------------------------------------------------------
 
 
 def prune(
@@ -329,9 +311,6 @@ def _delete_in_batches(
     return removed
 
 
-# --- datasets ---------------------------------------------------------------------------------
-
-
 def _prunable_datasets(conn: Connection, policy: RetentionPolicy, now: datetime) -> list[int]:
     """generation_ids of the datasets past their retention that no model was trained on,
     never the newest one (the monitoring flow may still be about to read it)."""
@@ -405,89 +384,6 @@ def _delete_datasets(
             if not used:
                 conn.execute(sa.delete(datasets).where(datasets.c.generation_id == generation_id))
                 report.datasets_removed += 1
-
-
-# --- space ----------------------------------------------------------------------------------
-
-
-def database_bytes(engine: Engine) -> int:
-    """The size of the database: the SQLite file's pages, or PostgreSQL's total size of
-    the project's tables (indexes and TOAST included) in the current schema."""
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
-            size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
-            return int(pages) * int(size)
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
-                )
-            ).scalar_one()
-        )
-
-
-def sqlite_auto_vacuum(engine: Engine) -> int:
-    """0 none, 1 full, 2 incremental."""
-    with engine.connect() as conn:
-        return int(conn.exec_driver_sql("PRAGMA auto_vacuum").scalar_one())
-
-
-def vacuum_database(engine: Engine, *, allow_full: bool = True) -> VacuumReport:
-    """Give space back after a prune.
-
-    SQLite: with ``auto_vacuum=INCREMENTAL`` (new databases get it, see db/engine.py) the
-    free pages are released a few MB per transaction; a database created before that
-    needs one full ``VACUUM`` (rewrites the file, blocks writers meanwhile, needs as much
-    free disk again) which also switches it to incremental. PostgreSQL: autovacuum makes
-    the space reusable by new rows; ``VACUUM ANALYZE`` does it now (it does not shrink
-    the files, and ``VACUUM FULL`` would lock the table: not done here).
-    """
-    before = database_bytes(engine)
-    if engine.dialect.name == "sqlite":
-        if sqlite_auto_vacuum(engine) == 2:
-            _incremental_vacuum(engine)
-            method = "incremental"
-        elif allow_full:
-            raw = engine.raw_connection()  # VACUUM cannot run inside a transaction
-            try:
-                driver = raw.driver_connection
-                assert driver is not None
-                driver.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
-            finally:
-                raw.close()
-            method = "full"
-        else:
-            return VacuumReport("none", before, before)
-        return VacuumReport(method, before, database_bytes(engine))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for table in ("predictions", "dataset_samples", "datasets"):
-            conn.execute(sa.text(f"VACUUM (ANALYZE) {table}"))
-    return VacuumReport("analyze", before, database_bytes(engine))
-
-
-def _incremental_vacuum(engine: Engine) -> None:
-    raw = engine.raw_connection()
-    try:
-        driver = raw.driver_connection
-        assert driver is not None
-        while True:
-            free = int(driver.execute("PRAGMA freelist_count").fetchone()[0])
-            if free == 0:
-                return
-            # Through sqlite3_exec: Python's execute() steps the pragma once, which frees
-            # one page. Each call is its own short write transaction.
-            driver.executescript(f"PRAGMA incremental_vacuum({_VACUUM_PAGES_PER_STEP});")
-            if free <= _VACUUM_PAGES_PER_STEP:
-                return
-            time.sleep(DEFAULT_BATCH_PAUSE)
-    finally:
-        raw.close()
-
-
-# --- one prune at a time ------------------------------------------------------------------------
 
 
 @contextlib.contextmanager

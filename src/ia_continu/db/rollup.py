@@ -59,12 +59,10 @@ _SHADOW_UPSERT = sa.text(
 
 def add_to_rollup(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
     """Add a batch of logged predictions to the rollups, inside the caller's (the
-    writer's) transaction, and copy them into the feedback rows waiting for them.
+    writer's) transaction.
 
     Each row starts (epoch microseconds, feature1, feature2, prediction, confidence,
     model_version); full rows go on with (prediction_id, shadow_version, ...)."""
-    from ia_continu.db.feedback import fill_early_feedback
-
     # Keyed by the shadow version too (None without one): the shadow counts come from
     # the same pass, no second loop over the rows.
     groups: dict[tuple[int, str, int, str | None], list[float]] = {}
@@ -124,7 +122,6 @@ def add_to_rollup(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
     cutoff = newest - int(KEEP.total_seconds())
     conn.execute(prediction_rollup.delete().where(prediction_rollup.c.minute < cutoff))
     conn.execute(shadow_rollup.delete().where(shadow_rollup.c.minute < cutoff))
-    fill_early_feedback(conn, rows)
 
 
 # --- the readers' side ----------------------------------------------------------------------
@@ -220,8 +217,8 @@ def _mean(scaled_sum: float, count: int) -> float | None:
 
 
 def summarize_predictions(engine: Engine, *, since: datetime) -> Any:
-    """Same answer as ``repository.summarize_predictions``, from the rollup."""
-    from ia_continu.db.repository import PredictionSummary, VersionTraffic
+    """Same answer as ``predictions.summarize_predictions``, from the rollup."""
+    from ia_continu.db.predictions import PredictionSummary, VersionTraffic
 
     minute, boundary = _boundary(since)
     with engine.connect() as conn:
@@ -259,19 +256,19 @@ def summarize_predictions(engine: Engine, *, since: datetime) -> Any:
 
 
 def count_predictions_by_bucket(engine: Engine, *, since: datetime, bucket_seconds: int) -> Any:
-    """Same answer as ``repository.count_predictions_by_bucket``; from the rollup when the
+    """Same answer as ``predictions.count_predictions_by_bucket``; from the rollup when the
     buckets are whole minutes, else from the rows (then the window is at most
     10,080 buckets of under a minute: under a week of rows is never read)."""
-    from ia_continu.db import repository as repo
+    from ia_continu.db import predictions as db_predictions
 
     width = int(bucket_seconds)
     if width < 1:
         raise ValueError("bucket_seconds must be >= 1")
     if width % 60:
-        return repo.count_predictions_by_bucket(engine, since=since, bucket_seconds=width)
+        return db_predictions.count_predictions_by_bucket(engine, since=since, bucket_seconds=width)
     minute, boundary = _boundary(since)
     totals: dict[tuple[int, str], list[int]] = {}
-    raw = repo.count_predictions_by_bucket(
+    raw = db_predictions.count_predictions_by_bucket(
         engine, since=since, bucket_seconds=width, until=boundary
     )
     for b in raw:
@@ -284,7 +281,7 @@ def count_predictions_by_bucket(engine: Engine, *, since: datetime, bucket_secon
             acc[0] += int(n) - int(c1)
             acc[1] += int(c1)
     return [
-        repo.PredictionBucket(
+        db_predictions.PredictionBucket(
             start=datetime.fromtimestamp(start, UTC),
             model_version=version,
             class_0=c0,
@@ -366,7 +363,7 @@ def read_served_buckets(
     """Predictions served in [since, until) per (bucket start, model version), buckets
     aligned on multiples of ``bucket_seconds`` since the epoch. From the rollup when the
     buckets are whole minutes (plus the raw partial edges), else from the raw rows."""
-    from ia_continu.db.repository import time_bucket
+    from ia_continu.db.sql import time_bucket
 
     width = int(bucket_seconds)
     since, until = since.astimezone(UTC), until.astimezone(UTC)

@@ -45,7 +45,7 @@ def train_model(
     random_state: int = 42,
 ) -> TrainingResult:
     """Stratified split, fit on the training part, measure on the held-out part."""
-    from ia_continu.ml.warmup import wait_until_warm
+    from ia_continu.ml.warm_gate import wait_until_warm
 
     wait_until_warm()  # never import sklearn while the warm-up thread does
     from sklearn.linear_model import LogisticRegression
@@ -88,7 +88,7 @@ def train_model(
 
 def warm_up_training() -> TrainingResult:
     """Import scikit-learn and run one tiny fit (~2 s of imports and lazy
-    initialisation otherwise paid by the first retrain). See ml/warmup.py."""
+    initialisation otherwise paid by the first retrain). See registry/warmup.py."""
     from ia_continu.ml.data import generate_dataset
 
     return train_model(generate_dataset(200, hour=0, seed=0), hyperparameters=Hyperparameters())

@@ -27,20 +27,21 @@ def activate_model(version: str, state: AppState = Depends(get_state)) -> Activa
     """Make a stored version the champion again: MLflow alias ``champion``, the active
     row, and every API process within ``IA_MODEL_REFRESH_INTERVAL`` seconds. When MLflow
     cannot be reached nothing changes (503)."""
-    from ia_continu.db import repository as repo
-    from ia_continu.ml import lifecycle
-    from ia_continu.ml.registry import RegistryUnavailableError
+    from ia_continu.db import model_files
+    from ia_continu.db import models as db_models
+    from ia_continu.registry.core import RegistryUnavailableError
+    from ia_continu.services import lifecycle
 
     metrics = state.metrics
     # No retrain lock here: a rollback must not wait for a retrain stuck on MLflow (up
     # to IA_MLFLOW_DEADLINE). Both only hold the database's write lock for their short
     # transactions, and the champion alias follows the active row (docs/mlflow.md).
     try:
-        previous = repo.get_active_version(state.engine)
+        previous = db_models.get_active_version(state.engine)
         record = lifecycle.activate_version(
             settings=state.settings, engine=state.engine, version=version
         )
-    except lifecycle.UnknownModelError as exc:
+    except model_files.UnknownModelError as exc:
         if metrics is not None:
             metrics.count_activation("unknown_version")
         raise HTTPException(404, f"{exc}; GET /models lists the versions") from exc
@@ -49,7 +50,7 @@ def activate_model(version: str, state: AppState = Depends(get_state)) -> Activa
             metrics.count_activation("registry_unavailable")
         log.warning("activation of %s aborted, champion unchanged: %s", version, exc)
         raise HTTPException(503, f"{exc}; the champion is unchanged") from exc
-    model = lifecycle.model_from_record(record)
+    model = model_files.model_from_record(record)
     state.serve(model)  # this process at once; the others through their watcher
     if metrics is not None:
         metrics.count_activation("success")

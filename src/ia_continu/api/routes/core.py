@@ -82,14 +82,14 @@ def generate(
     body: GenerateRequest | None = None, state: AppState = Depends(get_state)
 ) -> GenerateResponse:
     """Generate a labelled dataset (odd hours shift feature1 by -0.5) and store it."""
-    from ia_continu.db import repository as repo
+    from ia_continu.db import datasets as db_datasets
     from ia_continu.ml.data import generate_dataset
 
     body = body or GenerateRequest()
     now = state.clock()
     hour = body.hour if body.hour is not None else _local_hour(now, state.settings.timezone)
     dataset = generate_dataset(body.samples, hour=hour, seed=body.seed)
-    record = repo.insert_dataset(state.engine, dataset, created_at=now, seed=body.seed)
+    record = db_datasets.insert_dataset(state.engine, dataset, created_at=now, seed=body.seed)
     return GenerateResponse(
         generation_id=record.generation_id,
         samples_created=record.samples_count,
@@ -135,7 +135,7 @@ async def make_prediction(state: AppState, raw_body: bytes) -> bytes:
     now_us = time.time_ns() // 1000
     prediction_id = new_prediction_id(now_us)  # in-process, no database round trip
     if state.predlog is not None:  # one deque append; written later by a background task
-        # The shadow model is scored at flush time, off this path (monitoring/predlog.py).
+        # The shadow model is scored at flush time, off this path (services/predlog.py).
         state.predlog.log(
             model.version, x1, x2, prediction, confidence, now_us, prediction_id, state.shadow
         )
@@ -202,9 +202,9 @@ def retrain(
 ) -> RetrainResponse:
     """Train on a stored dataset (default: the latest), track it in MLflow, register it
     with the alias ``champion`` and serve it in every API process."""
-    from ia_continu.ml import lifecycle
-    from ia_continu.ml.registry import RegistryUnavailableError
     from ia_continu.ml.train import TrainingDataError
+    from ia_continu.registry.core import RegistryUnavailableError
+    from ia_continu.services import lifecycle
 
     body = body or RetrainRequest()
     # One retrain at a time per process: a second caller waits for the first.
@@ -265,7 +265,8 @@ def evaluate(
     body: EvaluateRequest | None = None, state: AppState = Depends(get_state)
 ) -> EvaluateResponse:
     """The active model's predictions over a whole stored dataset, summarised."""
-    from ia_continu.db import repository as repo
+
+    from ia_continu.db import datasets as db_datasets
     from ia_continu.ml.evaluate import compute_metrics
 
     body = body or EvaluateRequest()
@@ -274,10 +275,10 @@ def evaluate(
         raise HTTPException(503, NO_MODEL)
     generation_id = body.generation_id
     if generation_id is None:
-        generation_id = repo.get_latest_generation_id(state.engine)
+        generation_id = db_datasets.get_latest_generation_id(state.engine)
         if generation_id is None:
             raise HTTPException(409, "no dataset yet: POST /generate first")
-    dataset = repo.load_dataset(state.engine, generation_id)
+    dataset = db_datasets.load_dataset(state.engine, generation_id)
     if dataset is None:
         raise HTTPException(404, f"generation_id {generation_id} does not exist")
     predicted, _ = model.predict_batch(dataset.features)
@@ -310,10 +311,12 @@ def list_models(
     / ``active_model`` give it whatever page it is on."""
     from dataclasses import asdict
 
-    from ia_continu.db import repository as repo
+    from ia_continu.db import models as db_models
 
-    records, total = repo.list_models_page(state.engine, limit=limit, offset=offset)
-    active = next((r for r in records if r.is_active), None) or repo.get_active_model(state.engine)
+    records, total = db_models.list_models_page(state.engine, limit=limit, offset=offset)
+    active = next((r for r in records if r.is_active), None) or db_models.get_active_model(
+        state.engine
+    )
     return ModelsResponse(
         models=[ModelInfo.model_validate(asdict(r)) for r in records],
         active_version=active.version if active else None,

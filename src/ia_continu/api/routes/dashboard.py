@@ -133,13 +133,14 @@ def dashboard_histograms(
 ) -> HistogramsResponse:
     """feature1 and feature2 histograms of the champion's training dataset and of the
     latest dataset, on common bin edges (counts; null when a side has no data)."""
-    from ia_continu.db import repository as repo
-    from ia_continu.monitoring.histograms import compute_feature_histograms
+    from ia_continu.db import datasets as db_datasets
+    from ia_continu.db import models as db_models
+    from ia_continu.ml.histograms import compute_feature_histograms
 
     engine = state.engine
-    champion = repo.get_active_model(engine)
+    champion = db_models.get_active_model(engine)
     reference_id = champion.generation_id if champion is not None else None
-    latest_id = repo.get_latest_generation_id(engine)
+    latest_id = db_datasets.get_latest_generation_id(engine)
 
     reference_info, reference = _load_side(
         engine, reference_id, model_version=champion.version if champion is not None else None
@@ -166,12 +167,13 @@ def dashboard_histograms(
 def _load_side(
     engine: Engine, generation_id: int | None, *, model_version: str | None = None
 ) -> tuple[HistogramDataset | None, NDArray[np.float64] | None]:
-    from ia_continu.db import repository as repo
+
+    from ia_continu.db import datasets as db_datasets
 
     if generation_id is None:
         return None, None
-    record = repo.get_dataset_record(engine, generation_id)
-    sample = repo.load_feature_sample(engine, generation_id, limit=HISTOGRAM_MAX_ROWS)
+    record = db_datasets.get_dataset_record(engine, generation_id)
+    sample = db_datasets.load_feature_sample(engine, generation_id, limit=HISTOGRAM_MAX_ROWS)
     if record is None or sample is None:  # the champion's dataset was deleted
         return None, None
     info = HistogramDataset(

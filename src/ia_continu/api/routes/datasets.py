@@ -185,13 +185,13 @@ def _store(state: AppState, features: Any, target: Any, hour: int | None) -> Dat
     import numpy as np
 
     from ia_continu.api.routes.core import _local_hour
-    from ia_continu.db import repository as repo
+    from ia_continu.db import datasets as db_datasets
     from ia_continu.ml.data import Dataset
 
     now = state.clock()
     hour = hour if hour is not None else _local_hour(now, state.settings.timezone)
     dataset = Dataset(features=np.ascontiguousarray(features), target=target, hour=hour)
-    record = repo.insert_dataset(state.engine, dataset, created_at=now, source="upload")
+    record = db_datasets.insert_dataset(state.engine, dataset, created_at=now, source="upload")
     ones = int(target.sum())
     return DatasetUploadResponse(
         generation_id=record.generation_id,

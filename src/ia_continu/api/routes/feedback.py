@@ -223,7 +223,7 @@ async def predictions_performance(
     start, end = resolve_window(since, until, datetime.now(UTC))
     if state.predlog is not None:  # read-your-writes for what this process served
         await asyncio.shield(state.predlog.flush())
-    from ia_continu.db.feedback import read_performance
+    from ia_continu.db.performance import read_performance
 
     record = await asyncio.to_thread(
         read_performance, state.engine, since=start, until=end, version=version
@@ -234,7 +234,7 @@ async def predictions_performance(
 def build_performance(
     record: Any, *, since: datetime, until: datetime, version: str | None
 ) -> PerformanceResponse:
-    from ia_continu.db.feedback import Confusion
+    from ia_continu.db.performance import Confusion
 
     overall = Confusion()
     all_delays: dict[int, int] = {}
@@ -318,7 +318,7 @@ def _compute_gauges(state: AppState) -> bytes:
     from prometheus_client import generate_latest
     from prometheus_client.core import GaugeMetricFamily
 
-    from ia_continu.db.feedback import read_performance
+    from ia_continu.db.performance import read_performance
 
     now = datetime.now(UTC)
     model = state.model
@@ -422,7 +422,7 @@ async def predictions_performance_timeseries(
         )
     if state.predlog is not None:  # read-your-writes for what this process served
         await asyncio.shield(state.predlog.flush())
-    from ia_continu.db.feedback import read_performance_buckets
+    from ia_continu.db.performance import read_performance_buckets
 
     buckets = await asyncio.to_thread(
         read_performance_buckets,

@@ -22,7 +22,7 @@ from ia_continu.api.schemas import (
 from ia_continu.api.state import AppState
 
 if TYPE_CHECKING:
-    from ia_continu.db.repository import MonitoringRunRecord
+    from ia_continu.db.monitoring_runs import MonitoringRunRecord
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/monitoring", tags=["monitoring"])
@@ -41,12 +41,12 @@ def history(
     state: AppState = Depends(get_state),
 ) -> MonitoringHistory:
     """Monitoring runs, newest first."""
-    from ia_continu.db import repository as repo
+    from ia_continu.db import monitoring_runs as db_runs
 
-    runs = repo.list_monitoring_runs(state.engine, limit=limit, offset=offset)
+    runs = db_runs.list_monitoring_runs(state.engine, limit=limit, offset=offset)
     return MonitoringHistory(
         items=[_to_schema(r) for r in runs],
-        total=repo.count_monitoring_runs(state.engine),
+        total=db_runs.count_monitoring_runs(state.engine),
         limit=limit,
         offset=offset,
     )
@@ -55,9 +55,10 @@ def history(
 @router.get("/latest", response_model=MonitoringRun, responses={404: _E, 503: _E})
 def latest(state: AppState = Depends(get_state)) -> MonitoringRun:
     """The most recent monitoring run."""
-    from ia_continu.db import repository as repo
 
-    run = repo.get_latest_monitoring_run(state.engine)
+    from ia_continu.db import monitoring_runs as db_runs
+
+    run = db_runs.get_latest_monitoring_run(state.engine)
     if run is None:
         raise HTTPException(404, "no monitoring run yet")
     return _to_schema(run)
@@ -74,7 +75,8 @@ async def run_now(
     A run that fails is still returned, with ``status: failed`` and its ``error``."""
     import asyncio
 
-    from ia_continu.monitoring import service
+    from ia_continu.services import monitoring as service
+    from ia_continu.services import monitoring_steps, monitoring_types
 
     body = body or MonitoringRunRequest()
     # Shares /retrain's lock: one training at a time in this process.
@@ -84,7 +86,9 @@ async def run_now(
         outcome = await service.execute_run(
             settings=state.settings,
             engine=state.engine,
-            request=service.RunRequest(hour=body.hour, samples=body.samples, seed=body.seed),
+            request=monitoring_types.RunRequest(
+                hour=body.hour, samples=body.samples, seed=body.seed
+            ),
             check_health=False,  # this process is answering: it is up
             notify=False,
             clock=state.clock,
@@ -94,6 +98,9 @@ async def run_now(
     if outcome.run.decision == "promoted":
         await asyncio.to_thread(state.refresh_model)  # serve it now, not at the next poll
     background.add_task(
-        service.notify_run, settings=state.settings, run=outcome.run, mlflow_url=outcome.mlflow_url
+        monitoring_steps.notify_run,
+        settings=state.settings,
+        run=outcome.run,
+        mlflow_url=outcome.mlflow_url,
     )
     return _to_schema(outcome.run)

@@ -4,8 +4,9 @@ The first retrain of a process imports scikit-learn, mlflow and skops and initia
 them lazily: ~5 s of CPU. The API starts :func:`start_background_warm_up` once it is
 serving. Two threads importing mlflow at the same time can see a partially initialised
 module (its package imports are circular), so every entry point that imports these
-libraries calls :func:`wait_until_warm` first: it returns at once when no warm-up is
-pending, and otherwise waits for it (the caller would have paid for the imports anyway).
+libraries calls :func:`~ia_continu.ml.warm_gate.wait_until_warm` first: it returns at once
+when no warm-up is pending, and otherwise waits for it (the caller would have paid for the
+imports anyway).
 """
 
 from __future__ import annotations
@@ -15,28 +16,25 @@ import logging
 import threading
 import time
 
+from ia_continu.ml import warm_gate
+
 log = logging.getLogger(__name__)
 
-_cond = threading.Condition()
-_pending = 0
-_local = threading.local()  # marks the warm-up thread, which must not wait for itself
+_frozen_lock = threading.Lock()
 
 
 def start_background_warm_up(delay: float = 0.0) -> threading.Thread:
     """Warm up in a daemon thread after ``delay`` seconds (so that the first requests
     do not compete with the imports for the GIL). From now until it is done, the
     entry points wait for it instead of importing concurrently."""
-    global _pending
-    with _cond:
-        _pending += 1
+    warm_gate.begin_warm_up()
     thread = threading.Thread(target=_run, args=(delay,), name="ml-warm-up", daemon=True)
     thread.start()
     return thread
 
 
 def _run(delay: float) -> None:
-    global _pending
-    _local.inside = True
+    warm_gate.mark_warm_up_thread()
     try:
         time.sleep(delay)
         started = time.perf_counter()
@@ -46,9 +44,7 @@ def _run(delay: float) -> None:
     except Exception as exc:  # only an optimisation: the entry points import on demand
         log.warning("ML warm-up failed: %s", exc)
     finally:
-        with _cond:
-            _pending -= 1
-            _cond.notify_all()
+        warm_gate.end_warm_up()
 
 
 def _freeze_long_lived_objects() -> None:
@@ -58,7 +54,7 @@ def _freeze_long_lived_objects() -> None:
     (objects frozen here are never collected, so later apps in the same process, as in
     tests, are left alone)."""
     global _frozen
-    with _cond:
+    with _frozen_lock:
         if _frozen:
             return
         _frozen = True
@@ -70,14 +66,7 @@ _frozen = False
 
 def warm_up() -> None:
     """Import and exercise scikit-learn and mlflow (no network, no database)."""
-    from ia_continu.ml import registry
     from ia_continu.ml.train import warm_up_training
+    from ia_continu.registry import training_runs
 
-    registry.warm_up(warm_up_training())
-
-
-def wait_until_warm() -> None:
-    if getattr(_local, "inside", False):
-        return
-    with _cond:
-        _cond.wait_for(lambda: _pending == 0)
+    training_runs.warm_up(warm_up_training())

@@ -43,8 +43,9 @@ from numpy.typing import NDArray
 from ia_continu.config import Settings
 from ia_continu.ml.data import generate_dataset
 from ia_continu.ml.predictor import LinearModel
-from ia_continu.monitoring import service
-from ia_continu.monitoring.simulate import SIM_START, _silenced
+from ia_continu.services import monitoring as service
+from ia_continu.services import monitoring_steps
+from ia_continu.services.simulate import SIM_START, _silenced
 
 CALL_ROWS = 100  # rows per /predict/batch call: many small clients rather than one
 ORACLE_ROWS = 5_000  # labelled rows the oracle of each regime is trained on
@@ -148,8 +149,9 @@ def run_traffic_simulation(
     from ia_continu.api.app import create_app
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
-    from ia_continu.ml import lifecycle, registry
     from ia_continu.ml.train import train_model
+    from ia_continu.registry import core as registry
+    from ia_continu.services import lifecycle
 
     if hours < 1:
         raise ValueError("hours must be at least 1")
@@ -169,7 +171,7 @@ def run_traffic_simulation(
         with _silenced(quiet):
             registry.ensure_experiment(settings, artifact_location=artifact_location)
             # The champion deployed when the traffic starts (and never retrained below).
-            first = service.generate_batch(
+            first = monitoring_steps.generate_batch(
                 engine=engine,
                 hour=0,
                 samples=settings.monitor_batch_size,

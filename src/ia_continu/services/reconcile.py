@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings
 from ia_continu.db.tables import models
-from ia_continu.ml import registry
+from ia_continu.registry import core as registry
 
 T = TypeVar("T")
 PAGE = 500

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from ia_continu.config import Settings
-    from ia_continu.db.repository import FullPredictionRow
+    from ia_continu.db.predictions_insert import FullPredictionRow
     from ia_continu.ml.predictor import LinearModel
 
 # One queued prediction: (epoch_us, feature1, feature2, prediction, confidence,
@@ -242,7 +242,7 @@ class PredictionLogger:
         return [popleft() for _ in range(min(n, len(queue)))]
 
     def _write(self, batch: list[QueuedRow]) -> int:
-        from ia_continu.db.repository import insert_predictions
+        from ia_continu.db.predictions_insert import insert_predictions
 
         return insert_predictions(self.engine, score_shadow(batch))
 

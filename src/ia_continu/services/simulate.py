@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
 from ia_continu.ml.data import Dataset, generate_dataset
 from ia_continu.ml.evaluate import compute_metrics
 from ia_continu.ml.predictor import LinearModel
-from ia_continu.monitoring import service
+from ia_continu.services import monitoring as service
+from ia_continu.services import monitoring_steps
 
 SIM_START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -114,10 +115,12 @@ async def _simulate(
     on_hour: Callable[[HourRow], None] | None,
     quiet: bool,
 ) -> Simulation:
+    from ia_continu.db import model_files
     from ia_continu.db.engine import create_db_engine
     from ia_continu.db.migrate import upgrade_database
-    from ia_continu.ml import lifecycle, registry
     from ia_continu.ml.train import train_model
+    from ia_continu.registry import core as registry
+    from ia_continu.services import lifecycle
 
     if hours < 1:
         raise ValueError("hours must be at least 1")
@@ -138,7 +141,7 @@ async def _simulate(
             )
             # The model deployed when the simulation starts (and never retrained below).
             first = await asyncio.to_thread(
-                service.generate_batch,
+                monitoring_steps.generate_batch,
                 engine=engine,
                 hour=start_hour,
                 samples=batch,
@@ -162,7 +165,7 @@ async def _simulate(
             t0 = time.perf_counter()
             with _silenced(quiet):
                 await asyncio.to_thread(
-                    service.generate_batch,
+                    monitoring_steps.generate_batch,
                     engine=engine,
                     hour=hour,
                     samples=batch,
@@ -179,7 +182,7 @@ async def _simulate(
                 )
             run_seconds = time.perf_counter() - t0
             run = outcome.run
-            served = lifecycle.load_served_model(engine=engine, models_dir=settings.models_dir)
+            served = model_files.load_served_model(engine=engine, models_dir=settings.models_dir)
             assert served is not None
             labelled = _load(engine, run.generation_id)
             oracle = train_model(
@@ -246,7 +249,7 @@ def _ticking(start: datetime) -> Callable[[], datetime]:
 
 
 def _load(engine: Any, generation_id: int | None) -> Dataset:
-    dataset = repo.load_dataset(engine, generation_id) if generation_id is not None else None
+    dataset = db_datasets.load_dataset(engine, generation_id) if generation_id is not None else None
     if dataset is None:
         raise LookupError(f"generation {generation_id} not found")
     return dataset

@@ -3,29 +3,27 @@ the CLI and the monitoring flow. No web or orchestration framework in here."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings
-from ia_continu.db import repository as repo
+from ia_continu.db import datasets as db_datasets
+from ia_continu.db import models as db_models
 from ia_continu.ml.data import Dataset
 from ia_continu.ml.predictor import LinearModel
 from ia_continu.ml.train import Hyperparameters, TrainingResult, train_model
-from ia_continu.ml.warmup import wait_until_warm
+from ia_continu.ml.warm_gate import wait_until_warm
 
 if TYPE_CHECKING:
-    from ia_continu.ml.registry import Deadline, RegisteredRun
+    from ia_continu.registry.core import Deadline
+    from ia_continu.registry.training_runs import RegisteredRun
+from ia_continu.db.model_files import UnknownModelError, model_from_record, save_model_file
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +32,9 @@ class NoDatasetError(LookupError):
     """No dataset to train on (none generated yet, or an unknown generation_id)."""
 
 
-class UnknownModelError(LookupError):
-    """No model with that version."""
-
-
 @dataclass(frozen=True, slots=True)
 class RetrainOutcome:
-    record: repo.ModelRecord
+    record: db_models.ModelRecord
     model: LinearModel
     result: TrainingResult
     run_id: str
@@ -78,7 +72,8 @@ def retrain(
     MLflow is called: a version gets an alias only once its models row exists, and a
     failure after the row was stored leaves that row inactive (see docs/mlflow.md).
     """
-    from ia_continu.ml import registry
+    from ia_continu.registry import core as registry
+    from ia_continu.registry import training_runs
 
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
@@ -89,11 +84,11 @@ def retrain(
 
     with clock("load_data"):
         if generation_id is None:
-            generation_id = repo.get_latest_generation_id(engine)
+            generation_id = db_datasets.get_latest_generation_id(engine)
             if generation_id is None:
                 raise NoDatasetError("no dataset yet: POST /generate first")
         if dataset is None:
-            dataset = repo.load_dataset(engine, generation_id)
+            dataset = db_datasets.load_dataset(engine, generation_id)
             if dataset is None:
                 raise NoDatasetError(f"generation_id {generation_id} does not exist")
 
@@ -107,7 +102,7 @@ def retrain(
 
     deadline = registry.Deadline(settings.mlflow_deadline)
     with clock("mlflow"):  # = mlflow_run + mlflow_model_log + registration + finish
-        run = registry.log_training_run(
+        run = training_runs.log_training_run(
             settings=settings,
             result=result,
             generation_id=generation_id,
@@ -127,9 +122,9 @@ def retrain(
             save_model_file(settings.models_dir, model)
             # Stored inactive first: the alias moves between this short transaction and
             # the one that activates it (no lock held while MLflow answers).
-            record = repo.insert_model(
+            record = db_models.insert_model(
                 engine,
-                repo.ModelRecord(
+                db_models.ModelRecord(
                     version=run.model_version,
                     accuracy=result.metrics.accuracy,
                     precision=result.metrics.precision,
@@ -185,7 +180,7 @@ def retrain(
     )
 
 
-def activate_version(*, settings: Settings, engine: Engine, version: str) -> repo.ModelRecord:
+def activate_version(*, settings: Settings, engine: Engine, version: str) -> db_models.ModelRecord:
     """Make an existing version the champion again (rollback or promotion).
 
     The MLflow alias moves first (within IA_MLFLOW_DEADLINE), then the active row in a
@@ -193,9 +188,9 @@ def activate_version(*, settings: Settings, engine: Engine, version: str) -> rep
     upstream), and if the database fails the alias is moved back. Never waits for a
     retrain: no lock is shared with one.
     """
-    from ia_continu.ml import registry
+    from ia_continu.registry import core as registry
 
-    record = repo.get_model(engine, version)
+    record = db_models.get_model(engine, version)
     if record is None:
         raise UnknownModelError(f"model version {version!r} does not exist")
     model = model_from_record(record)  # before anything moves: it must be servable
@@ -223,7 +218,7 @@ def _publish_champion(
     registry_version: int | None,
     deadline: Deadline | None,
     timings: dict[str, float] | None = None,
-) -> repo.ModelRecord | None:
+) -> db_models.ModelRecord | None:
     """Champion alias, then active row: the MLflow call happens outside any database
     transaction (a frozen MLflow must not hold the models table's write lock, which
     every other activation and retrain of every process needs).
@@ -231,12 +226,12 @@ def _publish_champion(
     The alias is a mirror of the active row: a failure between the two steps is undone
     at once when possible, and ``ia-continu registry reconcile`` (run by every monitoring
     run) puts the alias back on the active row's version otherwise."""
-    from ia_continu.ml import registry
+    from ia_continu.registry import core as registry
 
     if registry_version is None:
-        return repo.activate_model(engine, version)
+        return db_models.activate_model(engine, version)
     sink: dict[str, float] = timings if timings is not None else {}
-    previous = repo.get_active_model(engine)
+    previous = db_models.get_active_model(engine)
     started = time.perf_counter()
     registry.set_model_alias(
         settings=settings,
@@ -248,7 +243,7 @@ def _publish_champion(
     )
     sink["mlflow_alias"] = time.perf_counter() - started
     try:
-        activated = repo.activate_model(engine, version)
+        activated = db_models.activate_model(engine, version)
     except BaseException:
         _restore_champion(settings, previous)
         raise
@@ -261,9 +256,9 @@ def _publish_champion(
     return activated
 
 
-def _restore_champion(settings: Settings, previous: repo.ModelRecord | None) -> None:
+def _restore_champion(settings: Settings, previous: db_models.ModelRecord | None) -> None:
     """Best effort: the alias back on the version that is still active."""
-    from ia_continu.ml import registry
+    from ia_continu.registry import core as registry
 
     try:
         if previous is not None and previous.registry_version is not None:
@@ -282,10 +277,10 @@ def _follow_active_row(settings: Settings, engine: Engine, deadline: Deadline | 
     """After the commit: if another process's activation moved the alias in between
     (its alias first, ours second, but its row first), put the alias back on the row
     that is active now. Best effort within what is left of the deadline."""
-    from ia_continu.ml import registry
+    from ia_continu.registry import core as registry
 
     try:
-        active = repo.get_active_model(engine)
+        active = db_models.get_active_model(engine)
         if active is None or active.registry_version is None:
             return
         current = registry.get_alias_version(
@@ -305,73 +300,19 @@ def _follow_active_row(settings: Settings, engine: Engine, deadline: Deadline | 
 def _discard_now(settings: Settings, run: RegisteredRun) -> None:
     """The version was registered but its row could not be stored: tag it orphan and
     mark its run FAILED, best effort (reconcile does it otherwise)."""
-    from ia_continu.ml import registry
+    from ia_continu.registry import core as registry
+    from ia_continu.registry import training_runs
 
     try:
         registry.run_with_deadline(
             registry.Deadline(settings.mlflow_deadline),
             "tagging an orphan version",
-            lambda _: registry.discard_registered_run(
+            lambda _: training_runs.discard_registered_run(
                 settings, run_id=run.run_id, registry_version=run.registry_version
             ),
         )
     except Exception as exc:
         log.warning("version %s not tagged orphan (reconcile will): %s", run.model_version, exc)
-
-
-# --- the served model on local disk ------------------------------------------------------
-
-
-def save_model_file(models_dir: Path, model: LinearModel) -> Path:
-    """Write ``<models_dir>/<version>.json`` atomically (readers never see half a file)."""
-    models_dir.mkdir(parents=True, exist_ok=True)
-    target = models_dir / f"{model.version}.json"
-    fd, tmp = tempfile.mkstemp(dir=models_dir, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(model.to_dict(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def load_model_file(models_dir: Path, version: str) -> LinearModel | None:
-    path = models_dir / f"{version}.json"
-    try:
-        return LinearModel.from_json(path.read_text())
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def model_from_record(record: repo.ModelRecord) -> LinearModel:
-    if not record.parameters:
-        raise UnknownModelError(f"model {record.version} has no stored parameters")
-    return LinearModel.from_json(record.parameters)
-
-
-def load_served_model(
-    *, engine: Engine, models_dir: Path, version: str | None = None
-) -> LinearModel | None:
-    """The model to serve: the active one (or ``version``), from local disk first,
-    then from the parameters stored with its database row. Never from MLflow."""
-    if version is None:
-        version = repo.get_active_version(engine)
-        if version is None:
-            return None
-    model = load_model_file(models_dir, version)
-    if model is not None:
-        return model
-    record = repo.get_model(engine, version)
-    if record is None or not record.parameters:
-        return None
-    model = model_from_record(record)
-    with contextlib.suppress(OSError):  # cache it locally for the next start
-        save_model_file(models_dir, model)
-    return model
 
 
 class _Stopwatch:

@@ -21,8 +21,9 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
 from ia_continu.config import Settings, get_settings
-from ia_continu.db import repository as repo
-from ia_continu.monitoring import service
+from ia_continu.db import monitoring_runs as db_runs
+from ia_continu.services import monitoring as service
+from ia_continu.services import monitoring_steps, monitoring_types
 
 FLOW_NAME = "ia-continu-monitoring"
 DEPLOYMENT_NAME = "ia-continu-monitoring"
@@ -60,17 +61,21 @@ _network = {**_local, "retries": NETWORK_RETRIES, "retry_delay_seconds": RETRY_D
 
 @task(name="check-api-health", **_network)  # type: ignore[call-overload]
 async def check_api_health_task(*, api_url: str) -> None:
-    await asyncio.to_thread(service.check_api_health, api_url=api_url)
+    await asyncio.to_thread(monitoring_steps.check_api_health, api_url=api_url)
 
 
 @task(name="find-fresh-batch", **_local)  # type: ignore[call-overload]
 async def find_fresh_batch_task(
-    *, settings: Settings, engine: Engine, request: service.RunRequest, now: datetime
-) -> service.BatchRef | service.NoFreshData:
+    *, settings: Settings, engine: Engine, request: monitoring_types.RunRequest, now: datetime
+) -> monitoring_types.BatchRef | monitoring_types.NoFreshData:
     batch = await asyncio.to_thread(
-        service.find_fresh_batch, settings=settings, engine=engine, request=request, now=now
+        monitoring_steps.find_fresh_batch,
+        settings=settings,
+        engine=engine,
+        request=request,
+        now=now,
     )
-    if isinstance(batch, service.NoFreshData):
+    if isinstance(batch, monitoring_types.NoFreshData):
         get_run_logger().info("%s", batch.reason)
         return batch
     get_run_logger().info(
@@ -85,9 +90,11 @@ async def find_fresh_batch_task(
 
 @task(name="evaluate-champion", **_local)  # type: ignore[call-overload]
 async def evaluate_champion_task(
-    *, engine: Engine, batch: service.BatchRef
-) -> service.ChampionCheck | None:
-    champion = await asyncio.to_thread(service.evaluate_champion, engine=engine, batch=batch)
+    *, engine: Engine, batch: monitoring_types.BatchRef
+) -> monitoring_types.ChampionCheck | None:
+    champion = await asyncio.to_thread(
+        monitoring_steps.evaluate_champion, engine=engine, batch=batch
+    )
     if champion is None:
         get_run_logger().info("no champion yet: this batch trains the first model")
     else:
@@ -105,12 +112,12 @@ async def compute_drift_task(
     *,
     settings: Settings,
     engine: Engine,
-    champion: service.ChampionCheck,
-    batch: service.BatchRef,
+    champion: monitoring_types.ChampionCheck,
+    batch: monitoring_types.BatchRef,
     live_since: datetime | None,
-) -> service.DriftCheck:
+) -> monitoring_types.DriftCheck:
     drift = await asyncio.to_thread(
-        service.compute_drift,
+        monitoring_steps.compute_drift,
         settings=settings,
         engine=engine,
         champion=champion,
@@ -129,12 +136,12 @@ async def train_challenger_task(
     *,
     settings: Settings,
     engine: Engine,
-    batch: service.BatchRef,
+    batch: monitoring_types.BatchRef,
     champion_version: str | None,
     now: datetime,
-) -> service.ChallengerOutcome:
+) -> monitoring_types.ChallengerOutcome:
     challenger = await asyncio.to_thread(
-        service.train_challenger,
+        monitoring_steps.train_challenger,
         settings=settings,
         engine=engine,
         batch=batch,
@@ -154,8 +161,12 @@ async def train_challenger_task(
 
 
 @task(name="judge-shadow", **_local)  # type: ignore[call-overload]
-async def judge_shadow_task(*, settings: Settings, engine: Engine) -> service.ShadowVerdict | None:
-    verdict = await asyncio.to_thread(service.judge_shadow, settings=settings, engine=engine)
+async def judge_shadow_task(
+    *, settings: Settings, engine: Engine
+) -> monitoring_types.ShadowVerdict | None:
+    verdict = await asyncio.to_thread(
+        monitoring_steps.judge_shadow, settings=settings, engine=engine
+    )
     if verdict is not None:
         get_run_logger().info("%s", verdict.reason)
     return verdict
@@ -164,20 +175,24 @@ async def judge_shadow_task(*, settings: Settings, engine: Engine) -> service.Sh
 @task(name="promote-challenger", **_network)  # type: ignore[call-overload]
 async def promote_challenger_task(*, settings: Settings, engine: Engine, version: str) -> None:
     await asyncio.to_thread(
-        service.promote_challenger, settings=settings, engine=engine, version=version
+        monitoring_steps.promote_challenger, settings=settings, engine=engine, version=version
     )
 
 
 @task(name="log-to-mlflow", **_network)  # type: ignore[call-overload]
 async def log_run_metrics_task(
-    *, settings: Settings, run: repo.MonitoringRunRecord, now: datetime
-) -> service.MlflowLink:
-    return await asyncio.to_thread(service.log_run_metrics, settings=settings, run=run, now=now)
+    *, settings: Settings, run: db_runs.MonitoringRunRecord, now: datetime
+) -> monitoring_types.MlflowLink:
+    return await asyncio.to_thread(
+        monitoring_steps.log_run_metrics, settings=settings, run=run, now=now
+    )
 
 
 @task(name="reconcile-registry", **_local)  # type: ignore[call-overload]
 async def reconcile_registry_task(*, settings: Settings, engine: Engine) -> int:
-    changed = await asyncio.to_thread(service.reconcile_registry, settings=settings, engine=engine)
+    changed = await asyncio.to_thread(
+        monitoring_steps.reconcile_registry, settings=settings, engine=engine
+    )
     if changed:
         get_run_logger().info("registry reconcile: %d change(s)", changed)
     return changed
@@ -185,24 +200,24 @@ async def reconcile_registry_task(*, settings: Settings, engine: Engine) -> int:
 
 @task(name="record-run", **_local)  # type: ignore[call-overload]
 async def record_run_task(
-    *, engine: Engine, run: repo.MonitoringRunRecord
-) -> repo.MonitoringRunRecord:
-    return await asyncio.to_thread(service.record_run, engine=engine, run=run)
+    *, engine: Engine, run: db_runs.MonitoringRunRecord
+) -> db_runs.MonitoringRunRecord:
+    return await asyncio.to_thread(monitoring_steps.record_run, engine=engine, run=run)
 
 
 # Sending retries inside the notifier (429 retry_after, 5xx, timeouts) and never raises.
 @task(name="notify-discord", **_network)  # type: ignore[call-overload]
 async def notify_run_task(
-    *, settings: Settings, run: repo.MonitoringRunRecord, mlflow_url: str | None
+    *, settings: Settings, run: db_runs.MonitoringRunRecord, mlflow_url: str | None
 ) -> bool:
     return await asyncio.to_thread(
-        service.notify_run, settings=settings, run=run, mlflow_url=mlflow_url
+        monitoring_steps.notify_run, settings=settings, run=run, mlflow_url=mlflow_url
     )
 
 
 @task(name="prune-data", **_local)  # type: ignore[call-overload]
 async def prune_data_task(*, settings: Settings, engine: Engine) -> str:
-    summary = await asyncio.to_thread(service.prune_data, settings=settings, engine=engine)
+    summary = await asyncio.to_thread(monitoring_steps.prune_data, settings=settings, engine=engine)
     get_run_logger().info("retention: %s", summary)
     return summary
 
@@ -217,17 +232,17 @@ async def _prune_after_run(*, settings: Settings, engine: Engine) -> None:
 
 
 _TASKS: dict[Callable[..., Any], Any] = {
-    service.check_api_health: check_api_health_task,
-    service.find_fresh_batch: find_fresh_batch_task,
-    service.evaluate_champion: evaluate_champion_task,
-    service.compute_drift: compute_drift_task,
-    service.train_challenger: train_challenger_task,
-    service.judge_shadow: judge_shadow_task,
-    service.promote_challenger: promote_challenger_task,
-    service.log_run_metrics: log_run_metrics_task,
-    service.record_run: record_run_task,
-    service.reconcile_registry: reconcile_registry_task,
-    service.notify_run: notify_run_task,
+    monitoring_steps.check_api_health: check_api_health_task,
+    monitoring_steps.find_fresh_batch: find_fresh_batch_task,
+    monitoring_steps.evaluate_champion: evaluate_champion_task,
+    monitoring_steps.compute_drift: compute_drift_task,
+    monitoring_steps.train_challenger: train_challenger_task,
+    monitoring_steps.judge_shadow: judge_shadow_task,
+    monitoring_steps.promote_challenger: promote_challenger_task,
+    monitoring_steps.log_run_metrics: log_run_metrics_task,
+    monitoring_steps.record_run: record_run_task,
+    monitoring_steps.reconcile_registry: reconcile_registry_task,
+    monitoring_steps.notify_run: notify_run_task,
 }
 
 
@@ -259,7 +274,7 @@ async def monitoring_flow(hour: int | None = None, samples: int | None = None) -
         outcome = await service.execute_run(
             settings=settings,
             engine=engine,
-            request=service.RunRequest(hour=hour, samples=samples),
+            request=monitoring_types.RunRequest(hour=hour, samples=samples),
             run_step=run_as_task,
             flow_run_id=str(flow_run.id) if flow_run.id else None,
         )

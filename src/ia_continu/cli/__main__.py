@@ -1,0 +1,3 @@
+from ia_continu.cli import app
+
+app()
