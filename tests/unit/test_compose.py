@@ -263,6 +263,12 @@ def test_compose_ia_continu_commands_parse_with_the_cli(service: str, path: list
 
 
 def test_compose_mlflow_server_command() -> None:
+    from ia_continu.ml.warm_gate import wait_until_warm
+
+    # An app made by an earlier test in this process may still be importing mlflow in its
+    # warm-up thread: importing it here at the same time can meet a partially initialised
+    # module (seen after tests/integration/test_dashboard.py).
+    wait_until_warm()
     from mlflow.cli import cli
     from mlflow.server.security_utils import is_allowed_host_header
 
