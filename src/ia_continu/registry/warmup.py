@@ -21,6 +21,11 @@ from ia_continu.ml import warm_gate
 log = logging.getLogger(__name__)
 
 _frozen_lock = threading.Lock()
+# One warm-up imports at a time: two apps in one process (tests, an in-process simulation)
+# start two warm-up threads, which do not wait for each other at the gate; importing
+# mlflow in both at once left a partially initialised module behind (seen: every later
+# `import mlflow` in that process failed).
+_import_lock = threading.Lock()
 
 
 def start_background_warm_up(delay: float = 0.0) -> threading.Thread:
@@ -38,7 +43,8 @@ def _run(delay: float) -> None:
     try:
         time.sleep(delay)
         started = time.perf_counter()
-        warm_up()
+        with _import_lock:
+            warm_up()
         _freeze_long_lived_objects()
         log.info("ML warm-up done in %.1f s", time.perf_counter() - started)
     except Exception as exc:  # only an optimisation: the entry points import on demand
